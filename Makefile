@@ -1,0 +1,33 @@
+# Two commands on a fresh machine (see README):  make book   and   make test
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SHARED := $(wildcard ../shared/data/mnist.npz)
+# the data directory: $RECOLLECT_DATA, else ../shared/data when it is there (CI), else the library default
+export RECOLLECT_DATA ?= $(if $(SHARED),$(abspath ../shared/data),)
+# on these machines pip is configured with a local CPU-only torch wheel that torchvision cannot load
+# against: install torch and torchvision together from the registry
+PIP_ENV := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null
+
+.PHONY: venv book test unit smoke clean
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(PIP_ENV) $(VENV)/bin/pip install -q --upgrade pip
+	$(PIP_ENV) $(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+## the book, from the stored outputs of the chapters (no GPU, no dataset): _build/html
+book: venv
+	$(VENV)/bin/jupyter-book build . --builder html
+
+## the whole test suite: unit tests, then nbval re-executes every chapter's smoke copy (empty cache)
+test: venv
+	RECOLLECT_CACHE=$$(mktemp -d) $(PY) -m pytest -p no:cacheprovider tests --nbval --nbval-current-env \
+	    --nbval-sanitize-with tests/nbval-sanitize.cfg
+
+## regenerate the smoke regression copies (after changing a chapter)
+smoke: venv
+	$(PY) -m recollect smoke
+
+clean:
+	rm -rf _build

@@ -1,0 +1,64 @@
+"""Pieces shared by the training loops: grouped batches, task masks, evaluation."""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["noise_generator", "group_batches", "masked_logits", "evaluate", "predict_proba", "iterate"]
+
+
+def noise_generator(generator, device):
+    """``generator`` if it lives on ``device`` (so it can drive sampling there), else None."""
+    if generator is not None and generator.device.type == torch.device(device).type:
+        return generator
+    return None
+
+
+def group_batches(n: int, groups: int, batch_size: int, generator: torch.Generator, device="cpu"):
+    """One epoch of independent shuffles, one per group: yields index tensors (G, B).
+
+    The last, smaller batch is kept, so every example is seen once per epoch by every group.
+    """
+    perms = torch.stack([torch.randperm(n, generator=generator) for _ in range(groups)]).to(device)
+    for start in range(0, n, batch_size):
+        yield perms[:, start:start + batch_size]
+
+
+def masked_logits(logits: torch.Tensor, task: torch.Tensor, class_mask: torch.Tensor) -> torch.Tensor:
+    """Task-aware logits (GEM's masking): classes outside the example's task get -inf.
+
+    logits (G, B, K); task (G, B) or (B,); class_mask (T, K) bool.
+    """
+    keep = class_mask[task]  # (..., B, K)
+    if keep.dim() == 2:
+        keep = keep.unsqueeze(0)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def iterate(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+@torch.no_grad()
+def predict_proba(model, x: torch.Tensor, batch_size: int = 1000, task=None, class_mask=None) -> torch.Tensor:
+    """Softmax outputs (G, N, K) of a grouped classifier for shared inputs x (N, C, H, W)."""
+    was = model.training
+    model.eval()
+    g = model.groups
+    outs = []
+    dev = next(model.parameters()).device
+    for sl in iterate(len(x), batch_size):
+        xb = x[sl].to(dev).unsqueeze(0).expand(g, *x[sl].shape)
+        logits = model(xb)
+        if class_mask is not None:
+            logits = masked_logits(logits, task[sl].to(dev), class_mask.to(dev))
+        outs.append(torch.softmax(logits.float(), -1))
+    model.train(was)
+    return torch.cat(outs, 1)
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, task=None, class_mask=None) -> torch.Tensor:
+    """Accuracy in percent per group (G,) on shared test data; task-aware when a mask is given."""
+    p = predict_proba(model, x, batch_size, task, class_mask)
+    return (p.argmax(-1) == y.to(p.device)).float().mean(1) * 100

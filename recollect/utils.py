@@ -1,0 +1,65 @@
+"""Seeds, devices, threads and timing: the few things every layer needs."""
+from __future__ import annotations
+
+import os
+import random
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+__all__ = ["seed_everything", "pick_device", "set_threads", "generator", "Timer", "device_name"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so that a run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def generator(seed: int, device="cpu") -> torch.Generator:
+    """A torch.Generator on ``device`` seeded with ``seed`` (sampling code takes one explicitly)."""
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def pick_device(device: str | None = "auto") -> torch.device:
+    """``"auto"``: the GPU when one is present, else the CPU. Anything else is passed to torch."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but no CUDA GPU is visible; use device='cpu' or 'auto'")
+    return dev
+
+
+def device_name(device) -> str:
+    """A human-readable name of the device, e.g. 'NVIDIA H200' or 'CPU (2 threads)'."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def set_threads(n: int | None) -> None:
+    """Fix the CPU thread count (smoke runs: deterministic and comparable across machines)."""
+    if n:
+        torch.set_num_threads(int(n))
+        os.environ.setdefault("OMP_NUM_THREADS", str(n))
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.seconds``; synchronises CUDA so GPU time is counted."""
+
+    def __enter__(self):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.start
+        return False

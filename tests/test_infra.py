@@ -1,0 +1,98 @@
+"""Cache, profiles, report and CLI contracts."""
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+from recollect import paper, report
+from recollect.cache import ResultCache, config_key
+from recollect.experiments import check_profile, context
+
+
+def test_cache_roundtrip_and_key_depends_on_config_and_version(tmp_path):
+    c = ResultCache(tmp_path)
+    k1 = config_key("x", {"a": 1, "b": [1, 2]})
+    assert k1 == config_key("x", {"b": [1, 2], "a": 1})  # order-free
+    assert k1 != config_key("x", {"a": 2, "b": [1, 2]})
+    assert k1 != config_key("x", {"a": 1, "b": [1, 2]}, version="other")
+    assert c.get(k1) is None
+    c.put(k1, {"t": torch.arange(3)})
+    assert torch.equal(c.get(k1)["t"], torch.arange(3))
+    assert not list(tmp_path.glob("*.tmp"))  # atomic: no temporary left behind
+
+
+def test_memo_computes_once(tmp_path):
+    c, calls = ResultCache(tmp_path), []
+    f = lambda: calls.append(1) or 42  # noqa: E731
+    assert c.memo("m", {"s": 0}, f) == 42 and c.memo("m", {"s": 0}, f) == 42
+    assert len(calls) == 1
+
+
+def test_checkpoint_is_dropped_when_result_lands(tmp_path):
+    c = ResultCache(tmp_path)
+    c.put_checkpoint("k", {"step": 3})
+    assert c.get_checkpoint("k") == {"step": 3}
+    c.put("k", 1)
+    assert c.get_checkpoint("k") is None
+
+
+def test_corrupt_entry_is_set_aside_and_recomputed(tmp_path, capsys):
+    c = ResultCache(tmp_path)
+    key = config_key("x", {})
+    (tmp_path / f"{key}.result.pt").write_bytes(b"not a torch file")
+    assert c.get(key) is None
+    assert "could not be read" in capsys.readouterr().out
+    assert (tmp_path / f"{key}.result.corrupt").exists()
+
+
+def test_config_must_be_json_like():
+    with pytest.raises(TypeError, match="JSON-like"):
+        config_key("x", {"a": object()})
+
+
+def test_unknown_profile_is_a_clear_error():
+    with pytest.raises(ValueError, match="smoke"):
+        check_profile("fast")
+    with pytest.raises(ValueError):
+        context("paperish")
+    with pytest.raises(ValueError, match="at least one seed"):
+        context("smoke", seeds=[])
+
+
+def test_smoke_context_pins_cpu_and_threads():
+    ctx = context("smoke", seeds=[3])
+    assert ctx.device.type == "cpu" and ctx.seeds == [3] and torch.get_num_threads() == 2
+    assert "profile=smoke" in ctx.describe()
+
+
+def test_verdicts_and_compare():
+    assert report.verdict(10.0, 10.5, 1.0) == "agrees"
+    assert report.verdict(10.0, 11.5, 1.0) == "close"
+    assert report.verdict(10.0, 13.0, 1.0) == "differs"
+    df = report.compare([{"row": "a", "paper": 1.0, "ours": 1.2, "sd": 0.1, "runs": 5},
+                         {"row": "b", "paper": 2.0, "ours": 9.0}], band=0.5, no_verdict={("b",): "slip"})
+    assert list(df["verdict"]) == ["agrees", "no verdict: slip"]
+    assert df.loc[0, "diff"] == pytest.approx(0.2)
+
+
+def test_mean_spread():
+    import pandas as pd
+    df = pd.DataFrame({"k": ["a", "a", "b"], "v": [1.0, 3.0, 5.0]})
+    out = report.mean_spread(df, ["k"], "v")
+    assert list(out["mean"]) == [2.0, 5.0] and out["std"].iloc[1] == 0.0
+
+
+def test_paper_tables_are_complete():
+    assert len(paper.TABLE5) == 27 and len(paper.TABLE6) == 6
+    for t in (paper.TABLE1, paper.TABLE2):
+        assert all(len(t[s]) == 40 for s in ("random", "active"))
+    assert paper.TABLE2["active"][(100000, "10% Sample")] == paper.TABLE2["random"][(100000, "10% Sample")]
+
+
+def test_cli_lists_chapters_and_rejects_unknown(capsys):
+    from recollect import cli
+    assert cli.main(["list"]) == 0
+    with pytest.raises(SystemExit, match="unknown chapter"):
+        cli.main(["run", "no-such-chapter"])
