@@ -23,6 +23,8 @@ import numbers
 
 import torch
 
+from .accounting import _as_int
+
 __all__ = [
     "MAX_CHUNK_VALUE",
     "max_chunk",
@@ -54,15 +56,6 @@ _MAX_TEMP_BITS = 2 ** 22
 # --------------------------------------------------------------------------------------------
 # plans: how c variables are split into chunks
 # --------------------------------------------------------------------------------------------
-def _as_int(value, name: str, minimum: int, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__}); {hint}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}; {hint}")
-    return value
-
-
 def _check_l(l) -> int:
     l = _as_int(l, "l (categories per latent variable)", 2,
                 "a categorical variable needs at least 2 categories, e.g. l=2 for binary codes")

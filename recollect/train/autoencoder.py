@@ -12,10 +12,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..grouped import GroupedAdam
-from .common import group_batches, iterate, noise_generator
+from .common import iterate, noise_generator, run_epochs
 
 __all__ = ["reconstruction_loss", "train_autoencoder", "distortion", "encode_all", "decode_all"]
 
@@ -44,23 +43,11 @@ def train_autoencoder(model, x: torch.Tensor, epochs: int, batch_size: int, lr, 
     """
     dev = next(model.parameters()).device
     opt = optimizer or GroupedAdam(model.parameters(), lr=lr)
-    g = model.groups
-    losses = []
-    model.train()
-    for epoch in tqdm(range(start_epoch, epochs), desc=desc, disable=not progress, leave=False):
-        total, count = torch.zeros(g, device=dev), 0
-        for idx in group_batches(len(x), g, batch_size, generator, dev):
-            xb = x.to(dev)[idx] if x.device != dev else x[idx]
-            loss = reconstruction_loss(model, xb, noise_generator(generator, dev), kl_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            opt.step()
-            total += loss.detach() * idx.shape[1]
-            count += idx.shape[1]
-        losses.append((total / count).cpu())
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, model, opt, losses)
-    return losses
+    x = x.to(dev)
+    noise = noise_generator(generator, dev)
+    return run_epochs(model, len(x), epochs, batch_size, generator,
+                      lambda idx: reconstruction_loss(model, x[idx], noise, kl_weight), opt,
+                      start_epoch, on_epoch_end, progress, desc)
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["noise_generator", "group_batches", "masked_logits", "evaluate", "predict_proba", "iterate"]
+__all__ = ["run_epochs", "noise_generator", "group_batches", "masked_logits", "evaluate", "predict_proba", "iterate"]
 
 
 def noise_generator(generator, device):
@@ -62,3 +62,29 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, ta
     """Accuracy in percent per group (G,) on shared test data; task-aware when a mask is given."""
     p = predict_proba(model, x, batch_size, task, class_mask)
     return (p.argmax(-1) == y.to(p.device)).float().mean(1) * 100
+
+
+def run_epochs(model, n: int, epochs: int, batch_size: int, generator: torch.Generator, batch_loss, optimizer,
+               start_epoch: int = 0, on_epoch_end=None, progress: bool = False, desc: str = "train") -> list:
+    """The epoch loop shared by the trainers: each group shuffles ``range(n)`` independently;
+    ``batch_loss(idx (G, B)) -> (G,)``; one optimizer step per batch on the summed group losses.
+    Returns per-epoch mean losses (G,) on the CPU; ``on_epoch_end(epoch, model, optimizer, losses)``
+    lets the caller checkpoint, ``start_epoch`` resume."""
+    from tqdm.auto import tqdm
+
+    dev = next(model.parameters()).device
+    losses = []
+    model.train()
+    for epoch in tqdm(range(start_epoch, epochs), desc=desc, disable=not progress, leave=False):
+        total, count = torch.zeros(model.groups, device=dev), 0
+        for idx in group_batches(n, model.groups, batch_size, generator, dev):
+            loss = batch_loss(idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            optimizer.step()
+            total += loss.detach() * idx.shape[1]
+            count += idx.shape[1]
+        losses.append((total / count).cpu())
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model, optimizer, losses)
+    return losses
