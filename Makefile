@@ -8,6 +8,11 @@ export RECOLLECT_DATA ?= $(if $(SHARED),$(abspath ../shared/data),)
 # against: install torch and torchvision together from the registry
 PIP_ENV := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null
 
+# the kernels papermill and nbval start import the package from the checkout; PASSIVE keeps idle
+# OpenMP threads from spin-waiting, which on 2 loaded cores made smoke runs several times slower
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH),)
+export OMP_WAIT_POLICY ?= PASSIVE
+
 .PHONY: venv book test unit smoke clean
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt

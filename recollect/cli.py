@@ -35,9 +35,19 @@ def _resolve(name: str) -> pathlib.Path:
     return chs[name]
 
 
+def _kernel_environment() -> None:
+    """The kernel papermill starts inherits this environment: make the checkout importable and keep
+    idle OpenMP threads from spin-waiting (on 2 loaded cores that made smoke runs several times slower)."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(ROOT) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *paths])
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def execute(src: pathlib.Path, dst: pathlib.Path, profile: str, seeds=None, device=None) -> None:
     import papermill as pm
 
+    _kernel_environment()
     params = {"profile": profile}
     if seeds is not None:
         params["seeds"] = seeds

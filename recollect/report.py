@@ -63,6 +63,7 @@ def claims_table(claims: list[tuple[str, bool, str]]) -> pd.DataFrame:
                          for c, h, e in claims])
 
 
-def show(df: pd.DataFrame, digits: int = 2):
-    """A styled, rounded HTML view of a table for the book (also prints as text)."""
-    return df.style.format(precision=digits, na_rep="–").hide(axis="index")
+def show(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """A rounded copy of a table for the book. A plain DataFrame (not a Styler, whose HTML carries a
+    random id) so that its text and HTML outputs are identical from run to run (nbval)."""
+    return df.round(digits).reset_index(drop=True)

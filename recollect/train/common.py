@@ -70,7 +70,7 @@ def run_epochs(model, n: int, epochs: int, batch_size: int, generator: torch.Gen
     ``batch_loss(idx (G, B)) -> (G,)``; one optimizer step per batch on the summed group losses.
     Returns per-epoch mean losses (G,) on the CPU; ``on_epoch_end(epoch, model, optimizer, losses)``
     lets the caller checkpoint, ``start_epoch`` resume."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     dev = next(model.parameters()).device
     losses = []
