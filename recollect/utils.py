@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "pick_device", "set_threads", "generator", "Timer", "device_name"]
+__all__ = ["threads", "seed_everything", "pick_device", "set_threads", "generator", "Timer", "device_name"]
 
 
 def seed_everything(seed: int) -> None:
@@ -63,3 +63,18 @@ class Timer:
             torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.start
         return False
+
+
+@contextmanager
+def threads(n: int | None):
+    """Run a block with ``n`` CPU threads (``None``/0: leave as is), restoring the count afterwards.
+    Tiny single-example steps run fastest on one thread of a small or loaded machine."""
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

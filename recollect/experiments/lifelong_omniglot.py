@@ -24,22 +24,15 @@ on their own, their seeds fused.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import warnings
 
 import numpy as np
 import pandas as pd
 import torch
 
-with warnings.catch_warnings():
-    # tqdm.auto warns once, at import, in a notebook without ipywidgets, then falls back to plain
-    # tqdm on stderr (what the book wants); the harness imports it, so import it quietly first
-    warnings.simplefilter("ignore")
-    import tqdm.auto  # noqa: F401
-
-from .. import accounting, data, paper  # noqa: E402
-from ..cache import config_key  # noqa: E402
+from .. import accounting, data, paper
+from ..cache import config_key
+from ..utils import threads
 from ..train.lifelong import LifelongConfig, LifelongResult, fuse_groups, n_train_classes, plan_storage, run_lifelong
 
 __all__ = ["BAND", "NAME", "config", "stream", "rows", "row_configs", "storage_table", "run_results", "run_rows",
@@ -86,24 +79,12 @@ def config(ctx) -> dict:
     )
 
 
-@contextlib.contextmanager
-def _threads(n):
-    if not n:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
 
 def stream(cfg: dict):
     """The task stream of the config: Omniglot's 50 alphabets (or the smoke subset). Built once per
     process and setting (do not modify the returned tensors)."""
     s = cfg["stream"]
-    with _threads(cfg.get("threads")):
+    with threads(cfg.get("threads")):
         return _stream(s["train_fraction"], s["split_seed"], s["tasks"], s["train_per_task"], s["test_per_class"])
 
 
@@ -206,7 +187,7 @@ def run_results(ctx, progress: bool | None = None) -> list[LifelongResult]:
         def fn(run=run, ck=ck):
             resume = ctx.cache.get_checkpoint(ck) if cfg["checkpoint"] else None
             save = (lambda t, h: ctx.cache.put_checkpoint(ck, h.state_dict())) if cfg["checkpoint"] else None
-            with _threads(cfg["threads"]):
+            with threads(cfg["threads"]):
                 res = run_lifelong(stream(cfg), run, cfg["seeds"], ctx.device, resume=resume, progress=progress,
                                    on_task_end=save,
                                    desc="+".join(sorted({c.method for c in run})) + f" x{run[0].steps}")
