@@ -33,6 +33,7 @@ from ..cache import ResultCache, config_key
 from ..grouped import GroupedAdam
 from ..models import CategoricalVAE, ContinuousAE
 from ..models.vae import conv_geometry
+from ..models.vae import vae_param_bits as _vae_param_bits
 from ..train.autoencoder import distortion as ae_distortion
 from ..train.autoencoder import train_autoencoder
 from ..utils import generator, seed_everything
@@ -468,22 +469,11 @@ def matched_bits(t5: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------
 # eqs 3 and 4
 # ------------------------------------------------------------------------------------------------
-_PARAM_BITS: dict = {}
 
 
 def vae_param_bits(c: int, l: int) -> int:
-    """Bits of the parameters (32 each) of a real ``CategoricalVAE(c, l)`` for 28x28 images (eq 4).
-
-    The model is built on PyTorch's ``meta`` device (no memory) and counted with
-    ``accounting.param_bits``. Its size depends on (c, l) only through its filter count
-    ``ceil(c l / 4)`` (appendix A), which keys the memo.
-    """
-    f = math.ceil(c * l / _LATENT)
-    if f not in _PARAM_BITS:
-        with torch.device("meta"):
-            model = CategoricalVAE(int(c), int(l), IMAGE_SHAPE)
-        _PARAM_BITS[f] = accounting.param_bits(model)
-    return _PARAM_BITS[f]
+    """Bits of the parameters (32 each) of a real ``CategoricalVAE(c, l)`` for 28x28 images (eq 4)."""
+    return _vae_param_bits(int(c), int(l), IMAGE_SHAPE)
 
 
 def _as_list(v) -> list:

@@ -4,5 +4,5 @@
 the continuous autoencoder of Table 6. ``classifiers``: LeNet, the MLP of Table 2, GEM's reduced
 ResNet-18 and a ResNet-18 for 28x28 Omniglot.
 """
-from .vae import CategoricalVAE, ContinuousAE, gumbel_softmax_st  # noqa: F401
+from .vae import CategoricalVAE, ContinuousAE, gumbel_softmax_st, vae_param_bits  # noqa: F401
 from .classifiers import LeNet, MLP, ResNet18, make_classifier  # noqa: F401

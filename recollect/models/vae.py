@@ -11,15 +11,17 @@ The continuous autoencoder of Table 6 uses the same layout with ``h`` filters, s
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import accounting
 from ..grouped import GConv2d, GConvTranspose2d, GroupedModule, from_channels, to_channels
 
-__all__ = ["CategoricalVAE", "ContinuousAE", "gumbel_softmax_st", "conv_geometry", "LOGIT_LIMIT"]
+__all__ = ["CategoricalVAE", "ContinuousAE", "gumbel_softmax_st", "conv_geometry", "vae_param_bits", "LOGIT_LIMIT"]
 
 #: logits are clamped to +-LOGIT_LIMIT before sampling, so +-inf or huge logits cannot make NaN
 LOGIT_LIMIT = 1e4
@@ -189,3 +191,15 @@ class ContinuousAE(_ConvAutoencoder):
     @torch.no_grad()
     def decode(self, flat):
         return torch.sigmoid(self.decode_flat(flat))
+
+
+@functools.lru_cache(maxsize=None)
+def vae_param_bits(c: int, l: int, image_shape=(1, 28, 28)) -> int:
+    """32 bits per parameter of one ``CategoricalVAE(c, l)`` (eq 4's |theta|, section 3.2).
+
+    The model is built on PyTorch's ``meta`` device (no memory is allocated) and counted with
+    ``accounting.param_bits``; its size depends on (c, l) through the filter count ``ceil(c l / 4)``.
+    """
+    with torch.device("meta"):
+        model = CategoricalVAE(int(c), int(l), tuple(image_shape))
+    return accounting.param_bits(model)

@@ -97,7 +97,7 @@ from ..buffers import RecollectionBuffer, RehearsalBuffer
 from ..codes import packed_bits
 from ..grouped import GroupedAdam, GroupedSGD, grouped_cross_entropy, stack_groups
 from ..metrics import summarize
-from ..models import CategoricalVAE, make_classifier
+from ..models import CategoricalVAE, make_classifier, vae_param_bits
 from .autoencoder import reconstruction_loss
 from .common import masked_logits, noise_generator
 from .gem import GEMMemory, flat_grad, project_gradient, set_flat_grad, task_gradients
@@ -245,7 +245,7 @@ def plan_storage(cfg: LifelongConfig, image_shape, n_tasks: int, n_classes_seen:
         bits = packed_bits(c, l)
         fixed = 0
         if cfg.budget_kind == "total":
-            fixed = accounting.param_bits(CategoricalVAE(c, l, tuple(image_shape)))
+            fixed = vae_param_bits(c, l, tuple(image_shape))
         try:
             cap = accounting.recollections_that_fit(budget_bits, bits, fixed)
         except ValueError as e:
