@@ -31,6 +31,13 @@ MNIST_GENERATORS = {"10x": (168, 2), "50x": (62, 2), "100x": (38, 2)}
 TABLE_COLUMNS = ["Real Data", "10% Sample", "2% Sample", "1% Sample", "Real x / Teacher y",
                  "10x Compress", "50x Compress", "100x Compress"]
 EPISODES = [10, 100, 1000, 10000, 100000]
+#: the lossless-sample columns: the fraction of the training set each keeps
+SAMPLE_FRACTION = {"10% Sample": 0.10, "2% Sample": 0.02, "1% Sample": 0.01}
+#: each compressed column and the lossless sample of equal total storage (eq 4)
+EQUAL_STORAGE = {"10x Compress": "10% Sample", "50x Compress": "2% Sample", "100x Compress": "1% Sample"}
+#: section 5.1: the 168-variable generator's parameters take 7.4x the smaller (38-variable) model's
+#: total storage (its parameters plus its buffer)
+PARAM_RATIO_168_VS_38 = 7.4
 
 _T1_RANDOM = [[10.43, 9.94, 11.07, 10.70, 10.07, 10.65, 10.99, 13.89],
               [19.63, 18.16, 22.82, 22.35, 25.32, 19.34, 16.20, 21.06],
@@ -68,6 +75,8 @@ SUSPECT_CELLS = {("Table 2", "active", 100000, c) for c in ("10% Sample", "2% Sa
 # Section 5.1, Omniglot distillation (one million episodes)
 OMNIGLOT_TEACHER_ACC = 94.86
 OMNIGLOT_GENERATORS = {"10x": (134, 2), "50x": (50, 2), "100x": (32, 2)}
+OMNIGLOT_DISTILL_EPISODES = 1_000_000   # "after one million training episodes"
+OMNIGLOT_DISTILL_LR = 1e-4              # appendix A.3, the ResNet-18 student
 OMNIGLOT_DISTILL = {"10% Sample": 28.87, "2% Sample": 8.88, "1% Sample": 5.99,
                     "10x Compress": 87.86, "50x Compress": 74.03, "100x Compress": 51.45}
 

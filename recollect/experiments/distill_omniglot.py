@@ -46,7 +46,8 @@ from ..train.classifier import train_classifier
 from ..train.common import evaluate
 from ..train.distill import labelled_pool, recollection_pool, subset_pool, train_students
 from ..utils import generator, threads
-from .distill_mnist import EQUAL_STORAGE, SAMPLE_FRACTION
+
+EQUAL_STORAGE, SAMPLE_FRACTION = paper.EQUAL_STORAGE, paper.SAMPLE_FRACTION
 
 __all__ = [
     "NAME", "IMAGE_SHAPE", "IMAGE_BITS", "N_CLASSES", "N_TASKS", "COLUMNS", "SAMPLE_FRACTION", "EQUAL_STORAGE",
@@ -67,10 +68,8 @@ N_TASKS = 50
 COLUMNS = ["Real Data", "10% Sample", "2% Sample", "1% Sample", "10x Compress", "50x Compress", "100x Compress"]
 _GEN_OF = {"10x Compress": "10x", "50x Compress": "50x", "100x Compress": "100x"}
 _RATIO = {"10x": 10, "50x": 50, "100x": 100}
-#: section 5.1: "We test out performance after one million training episodes". Not in recollect.paper.
-PAPER_EPISODES = 1_000_000
-#: appendix A.3: "The learning rate for the Resnet-18 reasoning model was 1e-4". Not in recollect.paper.
-PAPER_LR = 1e-4
+PAPER_EPISODES = paper.OMNIGLOT_DISTILL_EPISODES
+PAPER_LR = paper.OMNIGLOT_DISTILL_LR
 #: verdict band of the students (accuracy points, absolute): agrees within 5, close within 10
 BAND = 5.0
 #: verdict band of the teacher's accuracy (points)
