@@ -191,13 +191,24 @@ class _GroupedOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             group["lr"] = lr
             for p in group["params"]:
-                if "lr" in self.state[p]:
-                    self.state[p]["lr"].copy_(self._lr_view(group, p))
+                st = self.state[p]
+                if "lr" in st:  # in place, so a captured CUDA graph sees the new value
+                    st["lr"].copy_(self._lr_view(group, p))
+                    st["lr_src"] = lr
 
     @staticmethod
     def _lr_view(group, p):
         lr = _group_lr(group["lr"], p.shape[0], p)
         return lr.view(-1, *([1] * (p.dim() - 1)))
+
+    def _lr_of(self, group, p):
+        """The (G, 1, ...) learning-rate tensor of ``p``, rebuilt whenever ``group["lr"]`` was
+        reassigned (a schedule), kept otherwise (a captured CUDA graph must not create tensors)."""
+        st = self.state[p]
+        if st.get("lr_src") is not group["lr"] or "lr" not in st:
+            st["lr"] = self._lr_view(group, p)
+            st["lr_src"] = group["lr"]
+        return st["lr"]
 
 
 class GroupedAdam(_GroupedOptimizer):
@@ -221,13 +232,12 @@ class GroupedAdam(_GroupedOptimizer):
                     st["step"] = torch.zeros((), dtype=torch.float64 if p.dtype == torch.float64 else torch.float32, device=p.device)
                     st["m"] = torch.zeros_like(p)
                     st["v"] = torch.zeros_like(p)
-                    st["lr"] = self._lr_view(group, p)
                 st["step"] += 1
                 t = st["step"]
                 st["m"].lerp_(p.grad, 1 - b1)
                 st["v"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
                 denom = (st["v"].sqrt() / torch.sqrt(1 - b2 ** t)).add_(group["eps"])
-                p.sub_((st["lr"] / (1 - b1 ** t)) * st["m"] / denom)
+                p.sub_((self._lr_of(group, p) / (1 - b1 ** t)) * st["m"] / denom)
 
 
 class GroupedSGD(_GroupedOptimizer):
@@ -241,10 +251,7 @@ class GroupedSGD(_GroupedOptimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    st = self.state[p]
-                    if "lr" not in st:
-                        st["lr"] = self._lr_view(group, p)
-                    p.sub_(st["lr"] * p.grad)
+                    p.sub_(self._lr_of(group, p) * p.grad)
 
 
 def grouped_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -92,3 +92,28 @@ def test_vae_fused_equals_separate(shape):
         r1, l1, i1 = m(x[g:g + 1], sample=False)
         assert torch.allclose(r1, rec[g:g + 1], atol=1e-5) and torch.equal(i1, idx[g:g + 1])
     assert ContinuousAE(5, shape, groups=G).encode(x).shape == (G, 3, 20)
+
+
+def test_learning_rate_schedule_takes_effect():
+    """Assigning param_groups[...]["lr"] between steps (a schedule) changes the next update, like
+    torch.optim.Adam; set_lr changes it in place."""
+    torch.manual_seed(0)
+    m = MLP(groups=1).double()
+    ref = select_group(m, 0)
+    opt, ref_opt = GroupedAdam(m.parameters(), lr=1e-2), torch.optim.Adam(ref.parameters(), lr=1e-2)
+    x, y = torch.rand(1, 5, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (1, 5))
+    for step in range(4):
+        if step == 2:
+            for o in (opt, ref_opt):
+                for g in o.param_groups:
+                    g["lr"] = 1e-4
+        for model, o in ((m, opt), (ref, ref_opt)):
+            o.zero_grad()
+            grouped_cross_entropy(model(x), y).sum().backward()
+            o.step()
+    for a, b in zip(m.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+    opt.set_lr(torch.tensor([0.0]))
+    before = [p.clone() for p in m.parameters()]
+    opt.zero_grad(); grouped_cross_entropy(m(x), y).sum().backward(); opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))

@@ -38,6 +38,7 @@ from ..train.classifier import train_classifier
 from ..train.common import evaluate
 from ..train.distill import (code_sampling_pool, labelled_pool, recollection_pool, subset_pool, teacher_pool,
                              train_students)
+from .checkpoint import EpochCheckpoint
 from ..utils import generator
 
 __all__ = [
@@ -217,34 +218,23 @@ def _train_teacher(ctx, tcfg) -> dict:
     opt = GroupedAdam(model.parameters(), lr=_lr_at(tcfg["schedule"], 0))
     shuffle = generator(tcfg["seed"])
     state = dict(epoch=0, curve=[], seconds=0.0, best=None, best_epoch=0, best_val=-1.0)
-    ck = ctx.cache.get_checkpoint(key)
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        shuffle.set_state(ck["shuffle"])
-        state = ck["state"]
+    ckpt = EpochCheckpoint(ctx, key, model, opt, shuffle, state)
+    state = ckpt.state
     for g in opt.param_groups:
         g["lr"] = _lr_at(tcfg["schedule"], state["epoch"])
-    clock = [time.perf_counter()]
 
     def on_epoch_end(epoch, model, opt, losses):
         va = float(evaluate(model, xv, yv, tcfg["eval_batch"])[0])
         te = float(evaluate(model, xt, yt, tcfg["eval_batch"])[0])
         state["curve"].append(dict(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], train_loss=float(losses[-1][0]),
                                    val_acc=va, test_acc=te))
-        state["epoch"] = epoch + 1
         if tcfg["select"] == "last" or va >= state["best_val"]:
             state.update(best={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                          best_epoch=epoch + 1, best_val=va)
         for g in opt.param_groups:
             g["lr"] = _lr_at(tcfg["schedule"], epoch + 1)
         model.train()
-        now = time.perf_counter()
-        state["seconds"] += now - clock[0]
-        clock[0] = now
-        if not ctx.smoke:
-            ctx.cache.put_checkpoint(key, dict(model=model.state_dict(), opt=opt.state_dict(),
-                                               shuffle=shuffle.get_state(), state=state))
+        ckpt.end_epoch(epoch)
 
     train_classifier(model, x.to(dev), y.to(dev), _teacher_epochs(tcfg), tcfg["batch_size"], opt.param_groups[0]["lr"],
                      shuffle, optimizer=opt, start_epoch=state["epoch"], on_epoch_end=on_epoch_end,
@@ -303,26 +293,15 @@ def _train_generator(ctx, gcfg) -> dict:
     opt = GroupedAdam(model.parameters(), lr=gcfg["lr"])
     shuffle = generator(gcfg["seed"])
     state = dict(epoch=0, loss=[], curve=[], seconds=0.0)
-    ck = ctx.cache.get_checkpoint(key)
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        shuffle.set_state(ck["shuffle"])
-        state = ck["state"]
+    ckpt = EpochCheckpoint(ctx, key, model, opt, shuffle, state)
+    state = ckpt.state
     sub = xd[: gcfg["curve_images"]]
-    clock = [time.perf_counter()]
 
     def on_epoch_end(epoch, model, opt, losses):
         state["loss"].append(float(losses[-1][0]))
         d = ae_distortion(model, sub, gcfg["eval_batch"], generator(gcfg["seed"] + 1, dev))
         state["curve"].append(float(d[0]))
-        state["epoch"] = epoch + 1
-        now = time.perf_counter()
-        state["seconds"] += now - clock[0]
-        clock[0] = now
-        if not ctx.smoke:
-            ctx.cache.put_checkpoint(key, dict(model=model.state_dict(), opt=opt.state_dict(),
-                                               shuffle=shuffle.get_state(), state=state))
+        ckpt.end_epoch(epoch)
 
     name = f"generator ({gcfg['c']}, {gcfg['l']})"
     train_autoencoder(model, xd, gcfg["epochs"], gcfg["batch_size"], gcfg["lr"], shuffle,

@@ -45,6 +45,7 @@ from ..train.autoencoder import encode_all, train_autoencoder
 from ..train.classifier import train_classifier
 from ..train.common import evaluate
 from ..train.distill import labelled_pool, recollection_pool, subset_pool, train_students
+from .checkpoint import EpochCheckpoint
 from ..utils import generator, threads
 
 EQUAL_STORAGE, SAMPLE_FRACTION = paper.EQUAL_STORAGE, paper.SAMPLE_FRACTION
@@ -297,25 +298,14 @@ def _train_teacher(ctx, tcfg) -> dict:
     opt = GroupedAdam(model.parameters(), lr=tcfg["lr"])
     shuffle = generator(tcfg["seed"])
     state = dict(epoch=0, curve=[], seconds=0.0)
-    ck = ctx.cache.get_checkpoint(key)
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        shuffle.set_state(ck["shuffle"])
-        state = ck["state"]
-    clock = [time.perf_counter()]
+    ckpt = EpochCheckpoint(ctx, key, model, opt, shuffle, state)
+    state = ckpt.state
 
     def on_epoch_end(epoch, model, opt, losses):
         acc = float(evaluate(model, te.x, te.y, tcfg["eval_batch"], te.task, mask)[0])
         model.train()
         state["curve"].append(dict(epoch=epoch + 1, train_loss=float(losses[-1][0]), test_acc=acc))
-        state["epoch"] = epoch + 1
-        now = time.perf_counter()
-        state["seconds"] += now - clock[0]
-        clock[0] = now
-        if not ctx.smoke:
-            ctx.cache.put_checkpoint(key, dict(model=model.state_dict(), opt=opt.state_dict(),
-                                               shuffle=shuffle.get_state(), state=state))
+        if ckpt.end_epoch(epoch):
             if epoch + 1 < tcfg["epochs"]:
                 _check_time("teacher")
 
@@ -381,14 +371,9 @@ def _train_generator(ctx, gcfg) -> dict:
     opt = GroupedAdam(model.parameters(), lr=gcfg["lr"])
     shuffle = generator(gcfg["seed"])
     state = dict(epoch=0, loss=[], curve=[], seconds=0.0)
-    ck = ctx.cache.get_checkpoint(key)
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        shuffle.set_state(ck["shuffle"])
-        state = ck["state"]
+    ckpt = EpochCheckpoint(ctx, key, model, opt, shuffle, state)
+    state = ckpt.state
     sub = xd[torch.randperm(len(xd), generator=generator(gcfg["seed"] + 5))[: gcfg["curve_images"]].to(dev)]
-    clock = [time.perf_counter()]
     name = f"generator ({gcfg['c']}, {gcfg['l']})"
 
     def on_epoch_end(epoch, model, opt, losses):
@@ -396,13 +381,7 @@ def _train_generator(ctx, gcfg) -> dict:
         d = ae_distortion(model, sub, gcfg["eval_batch"], generator(gcfg["seed"] + 1, dev))
         model.train()
         state["curve"].append(float(d[0]))
-        state["epoch"] = epoch + 1
-        now = time.perf_counter()
-        state["seconds"] += now - clock[0]
-        clock[0] = now
-        if not ctx.smoke:
-            ctx.cache.put_checkpoint(key, dict(model=model.state_dict(), opt=opt.state_dict(),
-                                               shuffle=shuffle.get_state(), state=state))
+        if ckpt.end_epoch(epoch):
             if epoch + 1 < gcfg["epochs"]:
                 _check_time(name)
 
