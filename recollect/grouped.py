@@ -232,6 +232,8 @@ class GroupedAdam(_GroupedOptimizer):
                     st["step"] = torch.zeros((), dtype=torch.float64 if p.dtype == torch.float64 else torch.float32, device=p.device)
                     st["m"] = torch.zeros_like(p)
                     st["v"] = torch.zeros_like(p)
+                if st["step"].device != p.device:  # load_state_dict leaves a tensor "step" on the CPU
+                    st["step"] = st["step"].to(p.device)
                 st["step"] += 1
                 t = st["step"]
                 st["m"].lerp_(p.grad, 1 - b1)

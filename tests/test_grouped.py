@@ -1,4 +1,6 @@
 """The fused (grouped) engine computes the same function as G separate models (speed issue)."""
+import io
+
 import pytest
 import torch
 
@@ -117,3 +119,23 @@ def test_learning_rate_schedule_takes_effect():
     before = [p.clone() for p in m.parameters()]
     opt.zero_grad(); grouped_cross_entropy(m(x), y).sum().backward(); opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+
+
+def test_adam_state_survives_save_and_load():
+    """A resumed optimizer continues exactly (what the experiments' checkpoints rely on)."""
+    torch.manual_seed(0)
+    a = MLP(groups=2).double()
+    b = stack_groups([select_group(a, 0), select_group(a, 1)])
+    oa, ob = GroupedAdam(a.parameters(), lr=torch.tensor([1e-2, 1e-3])), GroupedAdam(b.parameters(), lr=torch.tensor([1e-2, 1e-3]))
+    x, y = torch.rand(2, 5, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (2, 5))
+    for step in range(4):
+        if step == 2:  # b is rebuilt from a saved state, as after a killed run
+            ob = GroupedAdam(b.parameters(), lr=torch.tensor([1e-2, 1e-3]))
+            ob.load_state_dict(torch.load(io.BytesIO(oa_state), weights_only=False))
+        for model, o in ((a, oa), (b, ob)):
+            o.zero_grad(); grouped_cross_entropy(model(x), y).sum().backward(); o.step()
+        buf = io.BytesIO()
+        torch.save(oa.state_dict(), buf)
+        oa_state = buf.getvalue()
+    for p1, p2 in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p1, p2, rtol=1e-8, atol=1e-10)
