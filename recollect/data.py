@@ -5,7 +5,7 @@ Learning*, use MNIST (Sections 3, 5.1), Omniglot (Sections 3, 5.1, 5.2; Appendix
 CIFAR-100 split into 20 tasks (Sections 5, 5.2) and CIFAR-10 for transfer (Section 5.2, Table 4).
 
 Files. Each dataset is one ``<name>.npz`` archive in :func:`data_dir` (``$RECOLLECT_DATA``, else
-``~/.cache/recollect/data``) with the schema of the data README (``/work/shared/data/README.md``).
+``~/.cache/recollect/data``) with the schema of the data README (``../shared/data/README.md`` beside the project).
 :func:`ensure` downloads the official dataset with torchvision and converts it when a file is
 missing; :func:`load_npz` validates keys, dtypes and shapes and caches the arrays per process.
 

@@ -1,7 +1,7 @@
 """Tests of recollect.data: schema of the real files, task streams, converters, error paths.
 
 Tests on the real files need RECOLLECT_DATA pointing at a directory with them (e.g.
-/work/shared/data) and are skipped otherwise; no test downloads anything or writes outside tmp_path.
+../shared/data) and are skipped otherwise; no test downloads anything or writes outside tmp_path.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def require(name):
     if not path.is_file():
         pytest.skip(
             f"{path.name} not found in {D.data_dir()}: set RECOLLECT_DATA to a directory holding the "
-            f"dataset files (e.g. /work/shared/data) to run this test"
+            f"dataset files (e.g. ../shared/data) to run this test"
         )
 
 

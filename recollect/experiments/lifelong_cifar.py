@@ -71,7 +71,7 @@ PAPER_BUDGETS = (10, 50, 200)
 PAPER_TOTAL = 200
 #: seeds of the paper profile (the first three of the context's): each row is run this many times
 PAPER_SEEDS = 3
-#: Not paper numbers: the online baseline measured by the early probes (/work/shared/probe-notes.md,
+#: Not paper numbers: the online baseline measured by the early probes (../shared/probe-notes.md,
 #: "Online baseline on incremental CIFAR-100"): GEM's ResNet-18, one pass, minibatches of 10, plain
 #: SGD at lr 0.1 and 1.0, task-masked logits. (split, lr) -> final average accuracy (%).
 PROBE_ONLINE = {("coarse", 0.1): 25.8, ("coarse", 1.0): 33.9, ("gem", 0.1): 41.0, ("gem", 1.0): 55.1}
