@@ -328,3 +328,16 @@ def test_seeds_change_the_initialisation():
     assert not torch.equal(w[0], w[1])
     h2 = LifelongHarness(s, LifelongConfig("online", **KW), [1])
     assert torch.equal(h2.model.conv1.weight[0], w[1])
+
+
+def test_result_curves_long_form():
+    from recollect.train.lifelong import LifelongResult
+    import dataclasses
+    fields = {f.name for f in dataclasses.fields(LifelongResult)}
+    acc = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)
+    kw = {k: None for k in fields if k not in ("seeds", "acc", "acc_ci")}
+    res = LifelongResult(**{**kw, "seeds": [7, 9], "acc": acc, "acc_ci": acc + 100})
+    df = res.curves(row="r", budget=10)
+    assert list(df.columns[:2]) == ["row", "budget"] and len(df) == 12
+    hit = df[(df.seed == 9) & (df["after"] == 2) & (df.task == 1)]
+    assert float(hit.task_aware.iloc[0]) == float(acc[1, 2, 1]) and float(hit.class_incremental.iloc[0]) == float(acc[1, 2, 1]) + 100

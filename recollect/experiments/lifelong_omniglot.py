@@ -223,14 +223,8 @@ def accuracy_curves(ctx) -> pd.DataFrame:
     for r, res in zip(rows(cfg), run_results(ctx)):
         if not res.runnable:
             continue
-        S, T1, T = res.acc.shape
-        for g, seed in enumerate(res.seeds):
-            for i in range(T1):
-                for j in range(T):
-                    out.append({"row": _label(r), "method": r["method"], "budget": r["budget"], "steps": r["steps"],
-                                "seed": seed, "after": i, "task": j, "task_aware": float(res.acc[g, i, j]),
-                                "class_incremental": float(res.acc_ci[g, i, j])})
-    return pd.DataFrame(out)
+        out.append(res.curves(row=_label(r), method=r["method"], budget=r["budget"], steps=r["steps"]))
+    return pd.concat(out, ignore_index=True)
 
 
 def training_seconds(df: pd.DataFrame) -> float:

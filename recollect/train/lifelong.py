@@ -286,6 +286,21 @@ class LifelongResult:
     def runnable(self) -> bool:
         return bool(self.storage["runnable"])
 
+    def curves(self, **labels) -> pd.DataFrame:
+        """Long form of the accuracy matrices: one row per (seed, after, task) with ``task_aware``
+        and ``class_incremental`` accuracy (%); ``after`` 0 is before the first task. ``labels``
+        are constant columns put first (the chapter's row description)."""
+        S, T1, T = self.acc.shape
+        seed, after, task = torch.meshgrid(torch.tensor(list(self.seeds)), torch.arange(T1), torch.arange(T),
+                                           indexing="ij")
+        df = pd.DataFrame({"seed": seed.flatten().tolist(), "after": after.flatten().tolist(),
+                           "task": task.flatten().tolist(),
+                           "task_aware": self.acc.double().flatten().tolist(),
+                           "class_incremental": self.acc_ci.double().flatten().tolist()})
+        for i, (k, v) in enumerate(labels.items()):
+            df.insert(i, k, v)
+        return df
+
     @property
     def R(self):
         return None if self.acc is None else self.acc[:, 1:]
