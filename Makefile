@@ -8,10 +8,10 @@ export RECOLLECT_DATA ?= $(if $(SHARED),$(abspath ../shared/data),)
 # against: install torch and torchvision together from the registry
 PIP_ENV := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null
 
-# the kernels papermill and nbval start import the package from the checkout; PASSIVE keeps idle
-# OpenMP threads from spin-waiting, which on 2 loaded cores made smoke runs several times slower
+# the kernels papermill and nbval start import the package from the checkout
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH),)
-export OMP_WAIT_POLICY ?= PASSIVE
+# portable CPU arithmetic for smoke runs, read when Python starts (recollect/portable.env says why)
+PORTABLE := env $(shell grep -E '^[A-Z_]+=' recollect/portable.env)
 
 .PHONY: venv book test unit smoke clean
 venv: $(VENV)/.installed
@@ -27,12 +27,12 @@ book: venv
 
 ## the whole test suite: unit tests, then nbval re-executes every chapter's smoke copy (empty cache)
 test: venv
-	RECOLLECT_CACHE=$$(mktemp -d) $(PY) -m pytest -p no:cacheprovider tests --nbval --nbval-current-env \
+	RECOLLECT_CACHE=$$(mktemp -d) $(PORTABLE) $(PY) -m pytest -p no:cacheprovider tests --nbval --nbval-current-env \
 	    --nbval-sanitize-with tests/nbval-sanitize.cfg
 
 ## regenerate the smoke regression copies (after changing a chapter)
 smoke: venv
-	$(PY) -m recollect smoke
+	$(PORTABLE) $(PY) -m recollect smoke
 
 clean:
 	rm -rf _build

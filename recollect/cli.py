@@ -35,19 +35,24 @@ def _resolve(name: str) -> pathlib.Path:
     return chs[name]
 
 
-def _kernel_environment() -> None:
-    """The kernel papermill starts inherits this environment: make the checkout importable and keep
-    idle OpenMP threads from spin-waiting (on 2 loaded cores that made smoke runs several times slower)."""
+def _kernel_environment(profile: str) -> None:
+    """The kernel papermill starts inherits this environment: make the checkout importable; at the
+    smoke profile, fix the CPU arithmetic (``recollect.portable``: read when the kernel starts)."""
+    from . import portable
+
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if str(ROOT) not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *paths])
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if profile == "smoke":
+        portable.apply_environment()
+    else:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def execute(src: pathlib.Path, dst: pathlib.Path, profile: str, seeds=None, device=None) -> None:
     import papermill as pm
 
-    _kernel_environment()
+    _kernel_environment(profile)
     params = {"profile": profile}
     if seeds is not None:
         params["seeds"] = seeds

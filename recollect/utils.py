@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-__all__ = ["threads", "seed_everything", "pick_device", "set_threads", "generator", "Timer", "device_name"]
+__all__ = ["threads", "seed_everything", "pick_device", "generator", "Timer", "device_name"]
 
 
 def seed_everything(seed: int) -> None:
@@ -40,13 +40,6 @@ def device_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({torch.get_num_threads()} threads)"
-
-
-def set_threads(n: int | None) -> None:
-    """Fix the CPU thread count (smoke runs: deterministic and comparable across machines)."""
-    if n:
-        torch.set_num_threads(int(n))
-        os.environ.setdefault("OMP_NUM_THREADS", str(n))
 
 
 class Timer:

@@ -1,7 +1,8 @@
 """Named experiments, one module per chapter; the only layer that knows what a *profile* is.
 
 * ``smoke``: the CPU regression profile. Real data subsets, small models, few steps; each chapter
-  runs in at most 60 s on 2 cores and is deterministic (seeded, 2 threads). nbval re-executes it.
+  runs in at most 60 s on 2 cores and gives bit-identical checked outputs on any x86-64 CPU (seeded,
+  portable arithmetic: ``recollect.portable``). nbval re-executes it.
 * ``paper``: the paper's settings (epochs, runs, episodes), meant for one GPU.
 
 Both run the same code; only the config differs. Every experiment's result is cached on disk keyed
@@ -9,15 +10,18 @@ by its config (``recollect.cache``), so re-rendering never retrains and killed r
 """
 from __future__ import annotations
 
+import platform
+import time
 from dataclasses import dataclass, field
 
 import torch
 
+from .. import portable
 from ..cache import ResultCache
-from ..utils import device_name, pick_device, set_threads
+from ..utils import device_name, pick_device
 
 PROFILES = ("smoke", "paper")
-SMOKE_THREADS = 2
+SMOKE_THREADS = portable.THREADS
 
 __all__ = ["PROFILES", "Context", "context", "check_profile"]
 
@@ -41,16 +45,36 @@ class Context:
     def smoke(self) -> bool:
         return self.profile == "smoke"
 
+    started: float = field(default_factory=time.time)
+
     def describe(self) -> str:
         return (f"profile={self.profile} seeds={list(self.seeds)} device={device_name(self.device)} "
                 f"torch={torch.__version__}")
 
+    def provenance(self, chapter: str, trained_seconds: float | None = None, notes: tuple = ()) -> None:
+        """Print how this execution's numbers were made (every chapter's last cell): profile, device,
+        versions, the CPU arithmetic settings, times and the command that re-executes the chapter."""
+        print(self.describe())
+        arith = ", ".join(f"{k} {v}" for k, v in portable.settings().items())
+        kind = "portable settings of recollect/portable.env" if self.smoke else "as the machine chose"
+        print(f"CPU arithmetic ({kind}): {arith}")
+        print(f"wall time of this execution: {time.time() - self.started:.0f} s")
+        if trained_seconds is not None:
+            print(f"training time recorded with the results: {trained_seconds:.0f} s")
+        print(f"torch {torch.__version__}, python {platform.python_version()}")
+        for line in notes:
+            print(line)
+        if self.smoke:
+            print(f"re-execute this smoke run: python -m recollect run {chapter} --profile smoke")
+        print(f"re-execute at the paper's settings: python -m recollect run {chapter} --profile paper")
+
 
 def context(profile: str = "smoke", seeds=None, device: str = "auto", default_seeds=(0, 1, 2, 3, 4)) -> Context:
-    """Build the context of a chapter run. Smoke runs are pinned to the CPU and 2 threads."""
+    """Build the context of a chapter run. Smoke runs are pinned to the CPU and to portable arithmetic
+    (``recollect.portable.enforce``: a clear error when the environment does not fix it)."""
     check_profile(profile)
     if profile == "smoke":
-        set_threads(SMOKE_THREADS)
+        portable.enforce()
         dev = torch.device("cpu") if device in (None, "auto") else pick_device(device)
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
