@@ -13,7 +13,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH),)
 # portable CPU arithmetic for smoke runs, read when Python starts (recollect/portable.env says why)
 PORTABLE := env $(shell grep -E '^[A-Z_]+=' recollect/portable.env)
 
-.PHONY: venv book test unit smoke clean
+.PHONY: venv book test unit smoke clean paper-book dry-run plan
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -21,8 +21,10 @@ $(VENV)/.installed: requirements.txt
 	$(PIP_ENV) $(VENV)/bin/pip install -q -r requirements.txt
 	touch $@
 
-## the book, from the stored outputs of the chapters (no GPU, no dataset): _build/html
+## the book, from the stored outputs of the chapters and the results overview generated from results/
+## (no GPU, no dataset): _build/html
 book: venv
+	$(PY) -m recollect overview
 	$(VENV)/bin/jupyter-book build . --builder html
 
 ## the whole test suite: unit tests, then nbval re-executes every chapter's smoke copy (empty cache)
@@ -34,5 +36,26 @@ test: venv
 smoke: venv
 	$(PORTABLE) $(PY) -m recollect smoke
 
+## render the chapters that have paper-profile results, from results/ (CPU; never trains)
+paper-book: venv
+	$(PY) -m recollect render
+
+## every paper-profile item at its paper shapes for a few steps, on the CPU: shape and memory errors
+## show here instead of on the GPU; records FLOPs and launches per step for the plan
+dry-run: venv
+	$(PY) -m recollect dry-run
+
+## every paper-profile item, its state and estimated GPU time
+plan: venv
+	$(PY) -m recollect plan
+
 clean:
 	rm -rf _build
+
+## open the built book (make book first) in headless Chromium, offline, as file:// and served on
+## 127.0.0.1: every equation typeset by the book's own MathJax, every figure loaded (installs Debian's
+## chromium with apt-get when missing and run as root)
+.PHONY: browser-check
+browser-check:
+	python3 tests/browser_check.py --html _build/html --require-status --strict-tables
+	python3 tests/browser_check.py --html _build/html --http --require-status --strict-tables

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import accounting
+from .train.probe import tick
 
 __all__ = [
     "mean_abs_error", "jpeg_split", "jpeg_roundtrip", "JpegResult",
@@ -267,6 +268,7 @@ class KMeansCodec(_Codec):
         assign = None
         self.iterations = 0
         for _ in range(self.iters):
+            tick("kmeans")
             new = self._assign(f)
             self.iterations += 1
             if assign is not None and torch.equal(new, assign):
@@ -335,6 +337,7 @@ class DownsampleCodec(_Codec):
 
 def evaluate_codec(codec, x: torch.Tensor, batch_size: int = 10000) -> dict:
     """``{bits, compression, distortion}`` of a fitted codec on uint8 images x (appendix A.1 metric)."""
+    tick("codecs")
     x = _check_images(x)
     total = 0.0
     for s in range(0, len(x), batch_size):

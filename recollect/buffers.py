@@ -11,6 +11,16 @@ Both hold ``G`` independent buffers (``groups=G``, one per fused model of ``reco
 and are filled by reservoir sampling (section 5.2: "all of our models store examples in their
 buffer following the reservoir sampling procedure"), Vitter's algorithm R, independently per group;
 they share that logic and uniform sampling through :class:`ReservoirBuffer`.
+
+Two ways in and out:
+
+* the checked API (``add``, ``append_all``, ``sample``, ``get``): validates its arguments, so it
+  reads values on the host (a synchronisation on a GPU); for filling a buffer once, or offline use;
+* the step's fast path (``offer``, ``draw``, ``read``): what the lifelong learner calls once per
+  incoming example (``recollect.train.lifelong``). The number of examples offered lives on the
+  device (``count``), every reservoir decision is made there (one uniform draw per group), and
+  nothing is validated or read back, so the whole per-example step can be replayed from a CUDA
+  graph. ``seen`` and ``len()`` read ``count`` back to the host: call them between steps.
 """
 from __future__ import annotations
 
@@ -19,8 +29,8 @@ import numbers
 
 import torch
 
-from .codes import (_pack, _read_flat, _unpack, _write_flat, check_codes, packed_bits, packing_plan,
-                    read_span, record_bytes, write_span)
+from .codes import (_pack, _unpack, _write_flat, check_codes, packed_bits, packing_plan, read_rows, read_span,
+                    record_bytes, write_row_where, write_span)
 
 __all__ = ["ReservoirBuffer", "RecollectionBuffer", "RehearsalBuffer"]
 
@@ -56,17 +66,19 @@ class ReservoirBuffer:
         self.device = torch.device(device)
         self.y = torch.zeros(self.groups, self.capacity, dtype=torch.int64, device=self.device)
         self.task = torch.zeros(self.groups, self.capacity, dtype=torch.int64, device=self.device)
-        self._seen = 0
+        #: examples offered so far (the same for every group), an int64 scalar on the device
+        self.count = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._g = torch.arange(self.groups, device=self.device)
 
     # ---------------------------------------------------------------- bookkeeping
     @property
     def seen(self) -> int:
-        """Number of examples offered so far (the same for every group)."""
-        return self._seen
+        """Number of examples offered so far (the same for every group); read from the device."""
+        return int(self.count)
 
     def __len__(self) -> int:
         """Number of filled slots: ``min(seen, capacity)`` (the same for every group)."""
-        return min(self._seen, self.capacity)
+        return min(self.seen, self.capacity)
 
     @property
     def bits_per_item(self) -> int:  # pragma: no cover - overridden
@@ -95,11 +107,12 @@ class ReservoirBuffer:
         to :meth:`add` while the buffer does not overflow; ``ValueError`` if it would.
         """
         items, y, task, n = self._check_all(items, y, task)
-        if self._seen + n > self.capacity:
-            raise ValueError(f"append_all of {n} items overflows the buffer: {self._seen} already stored, capacity "
+        seen = self.seen
+        if seen + n > self.capacity:
+            raise ValueError(f"append_all of {n} items overflows the buffer: {seen} already stored, capacity "
                              f"{self.capacity}; use add() for reservoir sampling or a larger capacity")
-        self._fill(items, y, task, self._seen)
-        self._seen += n
+        self._fill(items, y, task, seen)
+        self.count.add_(n)
 
     def _fill(self, items, y, task, start: int) -> None:
         n = y.shape[1]
@@ -119,7 +132,7 @@ class ReservoirBuffer:
         """
         generator = _check_generator(generator)
         items, y, task, n = self._check_all(items, y, task)
-        s0, G, cap = self._seen, self.groups, self.capacity
+        s0, G, cap = self.seen, self.groups, self.capacity
         n_fill = max(0, min(n, cap - s0))
         self._fill(items[:, :n_fill], y[:, :n_fill], task[:, :n_fill], s0)
         m = n - n_fill
@@ -142,7 +155,53 @@ class ReservoirBuffer:
                 self._write_rows(g, r, items[g, src], one_per_group=(m == 1))
                 self.y[g, r] = y[g, src]
                 self.task[g, r] = task[g, src]
-        self._seen += n
+        self.count.add_(n)
+
+    # ---------------------------------------------------------------- the step's fast path
+    def _check_device(self, generator) -> None:
+        if not isinstance(generator, torch.Generator) or generator.device.type != self.device.type:
+            got = generator.device if isinstance(generator, torch.Generator) else type(generator).__name__
+            raise ValueError(f"the fast path draws on the buffer's device ({self.device}); got a generator on {got}: "
+                             f"use torch.Generator(device={str(self.device)!r})")
+
+    def offer(self, items, y, task, generator) -> None:
+        """Offer ONE item per group (Vitter's algorithm R, section 5.2), decided on the device.
+
+        ``items`` ``(G, ...)`` (codes ``(G, c)`` int64 in ``[0, l)`` or images ``(G, C, H, W)``
+        uint8), ``y`` and ``task`` int64 ``(G,)``, ``generator`` on the buffer's device. With
+        ``s = count`` items offered before: slot ``s`` while ``s < capacity``, else ``j`` uniform in
+        ``[0, s]`` (one float64 draw per group, drawn every call) replaces slot ``j`` if
+        ``j < capacity``: the rule of :meth:`add`, as a masked write instead of a branch. Nothing is
+        validated (items come from the learner itself) and nothing is read back to the host."""
+        self._check_device(generator)
+        cap = self.capacity
+        s = self.count
+        u = torch.rand(self.groups, dtype=torch.float64, generator=generator, device=generator.device)
+        j = (u * (s + 1).to(torch.float64)).long()  # uniform in [0, s]
+        filling = s < cap
+        write = filling | (j < cap)
+        slot = torch.where(filling, s, j).clamp_(max=cap - 1)
+        self._write_where(slot, items, write)
+        g = self._g
+        self.y[g, slot] = torch.where(write, y, self.y[g, slot])
+        self.task[g, slot] = torch.where(write, task, self.task[g, slot])
+        self.count.add_(1)
+
+    def draw(self, n: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` slot indices per group, uniform with replacement over the filled slots, and whether
+        any slot is filled: ``(idx (G, n) int64, any (0-dim bool))``, on the device, no sync. While
+        the buffer is empty ``idx`` is 0 and ``any`` False (the caller substitutes, e.g. with
+        ``torch.where``). One float64 draw per index from ``generator`` (on the buffer's device)."""
+        self._check_device(generator)
+        filled = self.count.clamp(max=self.capacity)
+        u = torch.rand((self.groups, int(n)), dtype=torch.float64, generator=generator, device=generator.device)
+        idx = torch.minimum((u * filled.to(torch.float64)).long(), (filled - 1).clamp(min=0))
+        return idx, filled > 0
+
+    def read(self, idx):
+        """Items, labels and tasks at slots ``idx`` ``(G, n)`` drawn by :meth:`draw`: no validation and
+        no host synchronisation (:meth:`get` checks its indices)."""
+        return self._read_rows(idx), self.y.gather(1, idx), self.task.gather(1, idx)
 
     # ---------------------------------------------------------------- reading
     def sample_indices(self, n, generator) -> torch.Tensor:
@@ -177,7 +236,7 @@ class ReservoirBuffer:
     def state_dict(self) -> dict:
         """Everything needed to resume: shape, ``seen``, labels, tasks and the stored items."""
         d = dict(self._meta())
-        d.update(seen=self._seen, y=self.y.clone(), task=self.task.clone())
+        d.update(seen=self.seen, y=self.y.clone(), task=self.task.clone())
         d.update(self._payload_state())
         return d
 
@@ -199,7 +258,7 @@ class ReservoirBuffer:
         self._payload_load(d)
         self.y.copy_(d["y"].to(self.device, torch.int64))
         self.task.copy_(d["task"].to(self.device, torch.int64))
-        self._seen = int(seen)
+        self.count.fill_(int(seen))
 
     # ---------------------------------------------------------------- hooks
     def _check_items(self, items):  # pragma: no cover - abstract
@@ -209,6 +268,9 @@ class ReservoirBuffer:
         raise NotImplementedError
 
     def _write_span(self, start: int, items):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _write_where(self, slot, items, mask):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _read_rows(self, rows):  # pragma: no cover - abstract
@@ -292,10 +354,10 @@ class RecollectionBuffer(ReservoirBuffer):
         write_span(self.store, start * self.width, _pack(codes, self.l, self.plan).reshape(G, n * self.width))
 
     def _read_rows(self, rows):
-        G, n = rows.shape
-        g = torch.arange(G, device=self.device).repeat_interleave(n)
-        bits = _read_flat(self.store, g, rows.reshape(-1), self.width)
-        return _unpack(bits, self.l, self.plan, check=False).reshape(G, n, self.c)
+        return _unpack(read_rows(self.store, rows, self.width), self.l, self.plan, check=False)
+
+    def _write_where(self, slot, codes, mask):
+        write_row_where(self.store, slot, _pack(codes, self.l, self.plan), mask)
 
     def codes(self) -> torch.Tensor:
         """All filled codes, int64 ``(G, len(self), c)`` (contiguous read of the store)."""
@@ -361,8 +423,12 @@ class RehearsalBuffer(ReservoirBuffer):
         self.images[:, start:start + images.shape[1]] = images
 
     def _read_rows(self, rows):
-        g = torch.arange(self.groups, device=self.device).unsqueeze(1)
-        return self.images[g, rows]
+        return self.images[self._g.unsqueeze(1), rows]
+
+    def _write_where(self, slot, images, mask):
+        g = self._g
+        keep = mask.view(-1, *([1] * len(self.image_shape)))
+        self.images[g, slot] = torch.where(keep, images, self.images[g, slot])
 
     def _meta(self):
         d = super()._meta()

@@ -1,12 +1,23 @@
-"""Command line: re-execute a chapter, or regenerate its smoke regression copy.
+"""Command line.
 
-    python -m recollect list
-    python -m recollect run CHAPTER --profile paper     # executes book/<chapter>.ipynb in place
-    python -m recollect smoke [CHAPTER ...]             # tests/notebooks/<name>.ipynb at profile smoke
+    python -m recollect list                              the chapters
+    python -m recollect plan [--count]                    every paper-profile item: state, estimated GPU time
+    python -m recollect run CHAPTER --profile paper       make the chapter's missing items this machine can
+                                                          make (a GPU: all; a CPU: its CPU items), then
+                                                          render book/<chapter>.ipynb from results/
+    python -m recollect run CHAPTER --profile smoke       execute the chapter at the smoke profile in place
+    python -m recollect gpu-queue --budget S --out DIR    on a GPU host: the budgeted queue (recollect.queue)
+    python -m recollect unpack DIR                        results a GPU session brought back -> results/
+    python -m recollect render [CHAPTER ...]              render chapters at the paper profile from results/
+    python -m recollect smoke [CHAPTER ...]               regenerate the smoke copies and fingerprints
+    python -m recollect dry-run [ITEM|CHAPTER ...]        every paper item at its probe config, on a CPU
+    python -m recollect stage [--budget S]                prepare a GPU session: data to carry, commands
+    python -m recollect overview                          write book/overview.md from results/ (make book does)
+    python -m recollect join-data DIR                     on the GPU host: rebuild staged CIFAR-100
 
-Execution goes through papermill (progress bars on stderr); the notebook's ``parameters`` cell takes
-``profile``, ``seeds`` and ``device``. Results are cached (``$RECOLLECT_CACHE``), so a run that is
-stopped resumes where it was when the same command is given again.
+Notebooks are executed through papermill (progress bars on stderr); their ``parameters`` cell takes
+``profile``, ``seeds`` and ``device``. Nothing here needs papermill except executing notebooks, so
+the queue runs on a GPU host that has only torch, numpy and pandas.
 """
 from __future__ import annotations
 
@@ -50,7 +61,11 @@ def _kernel_environment(profile: str) -> None:
 
 
 def execute(src: pathlib.Path, dst: pathlib.Path, profile: str, seeds=None, device=None) -> None:
-    import papermill as pm
+    try:
+        import papermill as pm
+    except ImportError:
+        raise SystemExit("executing a notebook needs papermill (pip install -r requirements.txt); on a GPU host "
+                         "without it, make results with `python -m recollect gpu-queue` and render them elsewhere")
 
     _kernel_environment(profile)
     params = {"profile": profile}
@@ -69,35 +84,160 @@ def execute(src: pathlib.Path, dst: pathlib.Path, profile: str, seeds=None, devi
         os.chdir(cwd)
 
 
+def _renderable(name: str) -> bool:
+    """A chapter is rendered at the paper profile once one of its GPU items has a current result in
+    results/ (until then its book copy keeps the smoke rendering, which says so at its top)."""
+    from .experiments import items as I
+
+    return any(s["state"] == "done" and s["gpu"] for s in I.item_states(name))
+
+
+def _make_items(name: str, device: str | None) -> None:
+    """Make the chapter's missing paper items that this machine can make (module docstring)."""
+    import torch
+
+    from . import results as R
+    from .experiments import items as I
+    from .queue import todo
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    want = todo(R.ResultStore(), stages=None, chapters=[name], gpu=None if dev.type == "cuda" else False)
+    if dev.type != "cuda":
+        gpu_left = todo(R.ResultStore(), stages=None, chapters=[name], gpu=True)
+        if gpu_left:
+            print(f"{len(gpu_left)} items of {name} need a GPU and are left to `python -m recollect gpu-queue` "
+                  "(README, 'A GPU session')", file=sys.stderr)
+    for it in want:
+        print(f"making {it.key} on {dev}", file=sys.stderr)
+        I.run_item(it, "paper", dev, R.ResultStore(), progress=True,
+                   checkpoint_root=pathlib.Path.home() / ".cache" / "recollect" / "checkpoints")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m recollect", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list the chapters")
-    run = sub.add_parser("run", help="execute a chapter notebook in place")
+    run = sub.add_parser("run", help="make a chapter's items (paper) and execute its notebook in place")
     run.add_argument("chapter")
     run.add_argument("--profile", default="paper", choices=["smoke", "paper"])
     run.add_argument("--seeds", type=int, nargs="+")
     run.add_argument("--device")
-    smoke = sub.add_parser("smoke", help="regenerate the smoke regression copies under tests/notebooks")
+    run.add_argument("--no-render", action="store_true", help="make the items only")
+    smoke = sub.add_parser("smoke", help="regenerate the smoke regression copies and fingerprints")
     smoke.add_argument("chapter", nargs="*")
+    render = sub.add_parser("render", help="render chapters at the paper profile from results/ (never trains)")
+    render.add_argument("chapter", nargs="*")
+    render.add_argument("--force", action="store_true", help="also chapters without any paper result")
+    plan = sub.add_parser("plan", help="every paper-profile item, its state and estimated GPU time")
+    plan.add_argument("--chapter", nargs="*")
+    plan.add_argument("--count", nargs="*", metavar="ITEM_OR_CHAPTER",
+                      help="first count FLOPs and launches per step on this CPU (all items if none named)")
+    dry = sub.add_parser("dry-run", help="every paper item at its probe config (paper shapes, few steps)")
+    dry.add_argument("items", nargs="*")
+    dry.add_argument("--device", default="cpu")
+    q = sub.add_parser("gpu-queue", help="on a GPU host: make the most important missing items within a budget")
+    q.add_argument("--budget", type=float, required=True, help="seconds this command may use")
+    q.add_argument("--out", required=True, help="folder for the results (the device tool's $OUT)")
+    q.add_argument("--stage", nargs="*", default=["first"], help="first, seeds, beyond (default: first)")
+    q.add_argument("--chapter", nargs="*")
+    q.add_argument("--item", nargs="*")
+    q.add_argument("--device", default="cuda")
+    q.add_argument("--no-preflight", action="store_true")
+    q.add_argument("--cpu-items", action="store_true", help="also items that need no GPU")
+    q.add_argument("--dry", action="store_true", help="say what would run, run nothing (after the preflight)")
+    up = sub.add_parser("unpack", help="copy results a GPU session brought back into results/")
+    up.add_argument("folder")
+    st = sub.add_parser("stage", help="prepare a GPU session: the data to carry and the device commands")
+    st.add_argument("--budget", type=float, default=780, help="device seconds of the session (default 780)")
+    st.add_argument("--stage", nargs="*", default=["first"])
+    ov = sub.add_parser("overview", help="write the results overview page (book/overview.md) from results/")
+    ov.add_argument("--out")
+    jd = sub.add_parser("join-data", help="on a GPU host: rebuild cifar100.npz from its two staged parts")
+    jd.add_argument("folder")
     args = ap.parse_args(argv)
+
     if args.cmd == "list":
         for name, path in chapters().items():
             print(f"{name:24s} {path.relative_to(ROOT)}")
         return 0
     if args.cmd == "run":
         src = _resolve(args.chapter)
+        if args.profile == "paper":
+            _make_items(args.chapter, args.device)
+            if args.no_render:
+                return 0
         execute(src, src, args.profile, args.seeds, args.device)
         return 0
+    if args.cmd == "render":
+        for name in args.chapter or list(chapters()):
+            src = _resolve(name)
+            if not args.force and not _renderable(name):
+                print(f"{name}: no paper result yet; its book copy keeps the smoke rendering", file=sys.stderr)
+                continue
+            execute(src, src, "paper", device="cpu")
+            print(f"rendered {src.relative_to(ROOT)} at the paper profile", file=sys.stderr)
+        return 0
+    if args.cmd == "plan":
+        from . import plan as P
+
+        if args.count is not None:
+            P.dry_run(args.count or None, count=True)
+        P.print_plan(args.chapter)
+        return 0
+    if args.cmd == "dry-run":
+        from . import plan as P
+
+        failures = P.dry_run(args.items or None, device=args.device, count=False)
+        if failures:
+            print(f"{len(failures)} items failed their dry run", file=sys.stderr)
+            return 1
+        return 0
+    if args.cmd == "gpu-queue":
+        from .queue import gpu_queue
+
+        doc = gpu_queue(args.budget, args.out, stages=args.stage, chapters=args.chapter, names=args.item,
+                        device=args.device, do_preflight=not args.no_preflight, cpu_items=args.cpu_items,
+                        dry=args.dry)
+        return 1 if doc["failed"] else 0
+    if args.cmd == "unpack":
+        from .queue import unpack
+
+        copied = unpack(pathlib.Path(args.folder))
+        print(f"{len(copied)} results copied into results/; render with `make paper-book`", file=sys.stderr)
+        return 0
+    if args.cmd == "overview":
+        from . import overview
+
+        path = overview.write(pathlib.Path(args.out) if args.out else overview.OUT)
+        print(f"wrote {path}", file=sys.stderr)
+        return 0
+    if args.cmd == "join-data":
+        from .stage import join_cifar100
+
+        print(f"rebuilt and checked {join_cifar100(pathlib.Path(args.folder))}", file=sys.stderr)
+        return 0
+    if args.cmd == "stage":
+        from .stage import main as stage_main
+
+        return stage_main(args.budget, args.stage)
+    # smoke
     names = args.chapter or list(chapters())
     SMOKE_DIR.mkdir(parents=True, exist_ok=True)
     import tempfile
 
-    # the regression copy is made from an empty results cache, as nbval will re-execute it
+    from . import results as R
+    from .experiments import items as I
+
+    # the regression copy is made from an empty results cache, as nbval will re-execute it, and it
+    # records each item's smoke fingerprint (the version of the paper results)
     os.environ["RECOLLECT_CACHE"] = tempfile.mkdtemp(prefix="recollect-smoke-")
+    os.environ[I.FINGERPRINT_ENV] = "1"
     for name in names:
         src = _resolve(name)
+        fp = R.results_dir() / I.SMOKE_DIR / f"{name}.json"
+        if fp.exists():
+            fp.unlink()
         execute(src, SMOKE_DIR / f"{name}.ipynb", "smoke")
         print(f"wrote {(SMOKE_DIR / (name + '.ipynb')).relative_to(ROOT)}", file=sys.stderr)
     return 0

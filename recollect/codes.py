@@ -41,6 +41,8 @@ __all__ = [
     "write_records",
     "read_span",
     "write_span",
+    "read_rows",
+    "write_row_where",
 ]
 
 #: A chunk of ``k`` variables is packed only when ``l**k <= MAX_CHUNK_VALUE`` (fits an int64).
@@ -51,6 +53,25 @@ _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 # Records per step of read_records / write_records are limited so that the temporary int64 index
 # tensors stay near this many elements (about 32 MiB).
 _MAX_TEMP_BITS = 2 ** 22
+
+
+@functools.lru_cache(maxsize=None)
+def _const(kind: str, a: int, b: int, device: torch.device) -> torch.Tensor:
+    """Small constant tensors of the packing arithmetic, made once per device and reused.
+
+    Building them from Python lists on every call would copy host memory to the device on each
+    step (and a captured CUDA graph must not do that): ``powers`` ``[a**0 .. a**(b-1)]``,
+    ``shifts`` ``[0 .. a-1]``, ``weights`` ``[1, 2, 4, .., 128]`` (uint8), ``bitshifts``
+    ``[0 .. 7]`` (uint8). They are read-only."""
+    if kind == "powers":
+        return torch.tensor([a ** i for i in range(b)], dtype=torch.int64, device=device)
+    if kind == "shifts":
+        return torch.arange(a, dtype=torch.int64, device=device)
+    if kind == "weights":
+        return torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=device)
+    if kind == "bitshifts":
+        return torch.arange(8, dtype=torch.uint8, device=device)
+    raise ValueError(f"unknown constant {kind!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +234,7 @@ def _pack(codes: torch.Tensor, l: int, plan: tuple[int, ...]) -> torch.Tensor:
     m2 = _pow2(l)
     if m2:
         # l = 2**m: every chunk is exact, and the chunked layout is each variable's m bits in turn
-        shifts = torch.arange(m2, dtype=torch.int64, device=dev)
+        shifts = _const("shifts", m2, 0, dev)
         return ((codes.unsqueeze(-1) >> shifts) & 1).reshape(*lead, codes.shape[-1] * m2).to(torch.uint8)
     return _pack_chunks(codes, l, plan)
 
@@ -226,9 +247,9 @@ def _pack_chunks(codes: torch.Tensor, l: int, plan: tuple[int, ...]) -> torch.Te
     for start, k, m in _runs(plan):
         b = (l ** k - 1).bit_length()
         x = codes[..., start:start + k * m].reshape(*lead, m, k)
-        powers = torch.tensor([l ** i for i in range(k)], dtype=torch.int64, device=dev)
+        powers = _const("powers", l, k, dev)
         value = (x * powers).sum(-1)  # < l**k <= 2**62: no int64 overflow
-        shifts = torch.arange(b, dtype=torch.int64, device=dev)
+        shifts = _const("shifts", b, 0, dev)
         bits = (value.unsqueeze(-1) >> shifts) & 1
         parts.append(bits.reshape(*lead, m * b).to(torch.uint8))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
@@ -254,7 +275,7 @@ def _unpack(bits: torch.Tensor, l: int, plan: tuple[int, ...], check: bool = Tru
     dev = bits.device
     m2 = _pow2(l)
     if m2:
-        shifts = torch.arange(m2, dtype=torch.int64, device=dev)
+        shifts = _const("shifts", m2, 0, dev)
         x = bits.reshape(*lead, bits.shape[-1] // m2, m2).long()
         return (x << shifts).sum(-1)
     return _unpack_chunks(bits, l, plan, check)
@@ -269,12 +290,12 @@ def _unpack_chunks(bits: torch.Tensor, l: int, plan: tuple[int, ...], check: boo
         b = (l ** k - 1).bit_length()
         x = bits[..., pos:pos + m * b].reshape(*lead, m, b).long()
         pos += m * b
-        shifts = torch.arange(b, dtype=torch.int64, device=dev)
+        shifts = _const("shifts", b, 0, dev)
         value = (x << shifts).sum(-1)  # b <= 62 bits
         if check and value.numel() and bool((value >= l ** k).any()):
             raise ValueError(f"bits do not encode a valid code: a chunk of {k} variables holds a value >= {l}**{k}; "
                              f"were they packed with the same l and plan?")
-        powers = torch.tensor([l ** i for i in range(k)], dtype=torch.int64, device=dev)
+        powers = _const("powers", l, k, dev)
         digits = torch.div(value.unsqueeze(-1), powers, rounding_mode="floor") % l
         parts.append(digits.reshape(*lead, m * k))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
@@ -296,7 +317,7 @@ def bits_to_bytes(bits: torch.Tensor) -> torch.Tensor:
     if nb * 8 != n:
         pad = torch.zeros(*bits.shape[:-1], nb * 8 - n, dtype=torch.uint8, device=bits.device)
         x = torch.cat([x, pad], dim=-1)
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=bits.device)
+    weights = _const("weights", 0, 0, bits.device)
     return (x.reshape(*bits.shape[:-1], nb, 8) * weights).sum(-1).to(torch.uint8)
 
 
@@ -308,7 +329,7 @@ def bytes_to_bits(data: torch.Tensor, n=None) -> torch.Tensor:
     n = 8 * nb if n is None else _as_int(n, "n (number of bits)", 0, "pass how many bits to keep")
     if n > 8 * nb:
         raise ValueError(f"asked for {n} bits but {nb} bytes hold only {8 * nb}")
-    shifts = torch.arange(8, dtype=torch.uint8, device=data.device)
+    shifts = _const("bitshifts", 0, 0, data.device)
     bits = (data.unsqueeze(-1) >> shifts) & 1
     return bits.reshape(*data.shape[:-1], nb * 8)[..., :n]
 
@@ -474,3 +495,49 @@ def write_span(store: torch.Tensor, start_bit, bits: torch.Tensor) -> None:
     region = bytes_to_bits(store[:, b0:b1 + 1])
     region[:, off:off + n] = bits.to(torch.uint8)
     store[:, b0:b1 + 1] = bits_to_bytes(region)
+
+
+# --------------------------------------------------------------------------------------------
+# the step's fast path: records known to be valid, no host synchronisation
+# --------------------------------------------------------------------------------------------
+def _windows(store: torch.Tensor, rows: torch.Tensor, width: int):
+    """Byte windows that hold records ``rows`` ``(G, n)`` of each group, kept inside the group's row:
+    ``(flat indices (G, n, W), bit offset of each record in its window (G, n))``."""
+    G, nbytes = store.shape
+    W = min(_window(width), nbytes)
+    bitpos = rows * width
+    start = (bitpos >> 3).clamp(max=nbytes - W)  # a window that would run past the row is moved left
+    off = bitpos - start * 8
+    base = torch.arange(G, dtype=torch.int64, device=store.device).view(G, 1) * nbytes
+    idx = (base + start).unsqueeze(-1) + torch.arange(W, dtype=torch.int64, device=store.device)
+    return idx, off
+
+
+def read_rows(store: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
+    """Records ``rows`` ``(G, n)`` of each group of a contiguous ``store`` ``(G, nbytes)``: bits
+    ``(G, n, width)``, with no validation and no host synchronisation (the fast read of a
+    recollection buffer, section 4.3: rows drawn by the buffer itself are valid by construction;
+    :func:`read_records` checks its arguments)."""
+    idx, off = _windows(store, rows, width)
+    wbits = bytes_to_bits(store.view(-1)[idx])  # (G, n, 8W)
+    pos = off.unsqueeze(-1) + torch.arange(width, dtype=torch.int64, device=store.device)
+    return torch.gather(wbits, 2, pos)
+
+
+def write_row_where(store: torch.Tensor, rows: torch.Tensor, bits: torch.Tensor, mask: torch.Tensor) -> None:
+    """Write one record per group, where ``mask`` says so, in place, with no host synchronisation.
+
+    ``store`` uint8 ``(G, nbytes)`` (contiguous), ``rows`` int64 ``(G,)`` valid record indices,
+    ``bits`` 0/1 ``(G, width)``, ``mask`` bool ``(G,)``. Each group's record is a read-modify-write
+    of the bytes that hold it (neighbours keep their bits); where ``mask`` is False the bytes are
+    written back unchanged. The reservoir step of section 5.2 (a decision per group, made on the
+    device) uses it; :func:`write_records` is the checked, general form."""
+    width = bits.shape[-1]
+    idx, off = _windows(store, rows.view(-1, 1), width)  # (G, 1, W), (G, 1)
+    idx, off = idx[:, 0], off[:, 0]
+    flat = store.view(-1)
+    old = bytes_to_bits(flat[idx])  # (G, 8W)
+    pos = off.unsqueeze(1) + torch.arange(width, dtype=torch.int64, device=store.device)
+    new = old.scatter(1, pos, bits.to(torch.uint8))
+    new = torch.where(mask.view(-1, 1), new, old)
+    flat[idx] = bits_to_bytes(new)

@@ -48,6 +48,7 @@ __all__ = [
     "omniglot_tasks",
 ]
 
+OFFLINE_ENV = "RECOLLECT_OFFLINE"
 DATA_ENV = "RECOLLECT_DATA"
 DATASETS = ("mnist", "cifar10", "cifar100", "omniglot")
 
@@ -336,13 +337,19 @@ def ensure(name: str) -> Path:
 
     The download goes to a temporary directory under :func:`data_dir`; the converted archive is
     validated against the README schema and written atomically (temporary file + ``os.replace``).
-    Any failure of that (no network, read-only directory, ...) raises :class:`DataError`.
+    Any failure of that (no network, read-only directory, ...) raises :class:`DataError`; with
+    ``$RECOLLECT_OFFLINE`` set (the GPU queue sets it) a missing file fails at once, no download tried.
     """
     _check_name(name)
     directory = data_dir()
     path = directory / f"{name}.npz"
     if path.is_file():
         return path
+    if os.environ.get(OFFLINE_ENV):
+        raise DataError(
+            f"{path.name} not found in {directory} ({_dir_origin()}), and {OFFLINE_ENV} is set (a machine without "
+            f"network, such as a GPU host: no download is tried). Bring {path.name} along (python -m recollect stage) "
+            f"and point {DATA_ENV} at the folder holding it.")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=directory, prefix=f".download-{name}-") as tmp:

@@ -1,6 +1,8 @@
 """Seeds, devices, threads and timing: the few things every layer needs."""
 from __future__ import annotations
 
+import hashlib
+import numbers
 import os
 import random
 import time
@@ -9,7 +11,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-__all__ = ["threads", "seed_everything", "pick_device", "generator", "Timer", "device_name"]
+__all__ = ["threads", "seed_everything", "pick_device", "generator", "Timer", "device_name", "derive_seed"]
 
 
 def seed_everything(seed: int) -> None:
@@ -17,6 +19,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def derive_seed(*parts) -> int:
+    """The seed of one role of one run, e.g. ``derive_seed("mnist", "student", "lenet", 0)``: the first
+    8 bytes of the sha256 of the parts (strings and integers, joined by a separator that cannot occur
+    in them), shifted into ``[0, 2**63)``. The same on every process, machine and Python version
+    (unlike ``hash()``), and different roles get unrelated seeds (no two share one by accident)."""
+    if not parts:
+        raise ValueError("derive_seed needs at least one part, e.g. derive_seed('mnist', 'teacher', 0)")
+    words = []
+    for p in parts:
+        if isinstance(p, bool) or not isinstance(p, (str, numbers.Integral)):
+            raise ValueError(f"derive_seed takes strings and integers, got {p!r} ({type(p).__name__}); "
+                             "pass run indices as int and names as str")
+        if isinstance(p, str) and "\x1f" in p:
+            raise ValueError(f"derive_seed: a part may not contain the unit separator \\x1f, got {p!r}")
+        words.append(f"str:{p}" if isinstance(p, str) else f"int:{int(p)}")
+    digest = hashlib.sha256("\x1f".join(words).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def generator(seed: int, device="cpu") -> torch.Generator:

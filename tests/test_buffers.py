@@ -240,3 +240,66 @@ def test_cuda_buffer():
     assert torch.equal(got, codes[torch.arange(G, device="cuda").unsqueeze(1), y])
     got, y, _ = buf.sample(10, torch.Generator().manual_seed(0))  # a CPU generator works too
     assert got.device.type == "cuda"
+
+
+# ------------------------------------------------------------------ the step's fast path (offer / draw / read)
+def test_offer_is_reservoir_sampling_on_the_device():
+    """``offer``: algorithm R decided on the device (a masked write, no branch): uniform inclusion."""
+    buf = RecollectionBuffer(CAP, c=4, l=2, groups=REPS)
+    g = _gen(4)
+    codes = _codes(REPS, STREAM, 4, 2)
+    item, task = _labels(REPS, STREAM)
+    for i in range(STREAM):
+        buf.offer(codes[:, i], item[:, i], task[:, i], g)
+    assert buf.seen == STREAM and len(buf) == CAP
+    counts = _inclusion_counts(buf.y)
+    assert counts.sum() == REPS * CAP and _uniform(counts), counts
+    assert bool((buf.y.sort(dim=1).values.diff(dim=1) > 0).all())
+    got, y, t = buf.get(torch.arange(CAP).expand(REPS, CAP))
+    assert torch.equal(got, codes[torch.arange(REPS).unsqueeze(1), y]) and torch.equal(t, y % 7)
+
+
+def test_offer_fills_in_order_then_replaces():
+    imgs = torch.randint(0, 256, (2, 6, 1, 3, 3), generator=_gen(), dtype=torch.uint8)
+    item, task = _labels(2, 6)
+    buf = RehearsalBuffer(4, (1, 3, 3), groups=2)
+    for i in range(4):
+        buf.offer(imgs[:, i], item[:, i], task[:, i], _gen(i))
+    assert buf.y.tolist() == [[0, 1, 2, 3]] * 2 and torch.equal(buf.images, imgs[:, :4])
+    for i in range(4, 6):
+        buf.offer(imgs[:, i], item[:, i], task[:, i], _gen(i))
+    for gi in range(2):  # each slot holds the image of the item its label names
+        assert torch.equal(buf.images[gi], imgs[gi, buf.y[gi]])
+
+
+def test_fast_path_has_no_host_sync():
+    from recollect.train.capture import SyncCounter
+    G, g = 3, _gen(5)
+    for buf, item in ((RecollectionBuffer(50, 620, 3, groups=G), torch.zeros(G, 620, dtype=torch.long)),
+                      (RecollectionBuffer(9, 8, 2, groups=G), torch.ones(G, 8, dtype=torch.long)),
+                      (RehearsalBuffer(5, (3, 8, 8), groups=G), torch.zeros(G, 3, 8, 8, dtype=torch.uint8))):
+        y = torch.zeros(G, dtype=torch.long)
+        idx, filled = buf.draw(4, g)
+        assert idx.shape == (G, 4) and not bool(filled) and bool((idx == 0).all())
+        buf.offer(item, y, y, g)  # warm the constant caches
+        with SyncCounter() as c:
+            for _ in range(12):
+                buf.offer(item, y, y, g)
+                idx, filled = buf.draw(4, g)
+                items, ys, ts = buf.read(idx)
+        c.assert_no_syncs(type(buf).__name__)
+        assert c.host_tensors == 0 and bool(filled) and int(idx.max()) < min(13, buf.capacity)
+        assert torch.equal(items, buf.get(idx)[0])
+    with pytest.raises(ValueError, match="buffer's device"):
+        buf.draw(1, None)
+
+
+def test_draw_is_uniform_over_the_filled_part():
+    G = 2
+    buf = RecollectionBuffer(50, 8, 4, groups=G)
+    item, task = _labels(G, 20)
+    buf.append_all(_codes(G, 20, 8, 4), item, task)
+    idx, filled = buf.draw(4000, _gen(6))
+    assert bool(filled) and int(idx.max()) < 20
+    counts = torch.stack([torch.bincount(idx[gi], minlength=20) for gi in range(G)])
+    assert bool(((counts - 200).abs() < 5 * math.sqrt(4000 * 0.05 * 0.95)).all())

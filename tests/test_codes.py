@@ -205,3 +205,27 @@ def test_cuda_round_trip():
     rows = torch.stack([torch.randperm(60, device="cuda")[:50] for _ in range(2)])
     write_records(store, rows, bits)
     assert torch.equal(read_records(store, rows, bits.shape[-1]), bits)
+
+
+@pytest.mark.parametrize("c,l,cap", [(620, 3, 17), (8, 2, 1), (5, 3, 3), (76, 2, 9), (1, 2, 1), (13, 5, 8)])
+def test_fast_row_write_and_read_equal_the_checked_ones(c, l, cap):
+    """``write_row_where`` / ``read_rows`` (the buffer's step, no validation, no host sync) against
+    ``write_records`` / ``read_records``, on random stores, rows at the ends included."""
+    from recollect.codes import _pack, read_rows, write_row_where
+    from recollect.train.capture import SyncCounter
+    G, g = 4, torch.Generator().manual_seed(c + cap)
+    plan, w = tuple(packing_plan(c, l)), packed_bits(c, l)
+    store = torch.randint(0, 256, (G, record_bytes(cap, w)), dtype=torch.uint8, generator=g)
+    ref = store.clone()
+    for it in range(20):
+        rows = torch.randint(0, cap, (G,), generator=g)
+        rows[0] = cap - 1
+        bits = _pack(torch.randint(0, l, (G, c), generator=g), l, plan)
+        mask = torch.rand(G, generator=g) < 0.6
+        with SyncCounter() as sc:
+            write_row_where(store, rows, bits, mask)
+            got = read_rows(store, rows.view(G, 1).expand(G, 3).contiguous(), w)
+        assert not sc.syncs and (sc.host_tensors == 0 or it == 0)
+        write_records(ref, rows.view(G, 1), bits.view(G, 1, w), mask.view(G, 1))
+        assert torch.equal(store, ref)
+        assert torch.equal(got, read_records(ref, rows.view(G, 1).expand(G, 3), w))

@@ -1,4 +1,5 @@
-"""The distillation engine of section 5.1 (recollect.train.distill) and the chapter's accounting and
+"""The distillation engine of section 5.1 (recollect.train.distill), and the items both distillation
+chapters share (recollect.experiments.distill_common) with the MNIST chapter's accounting and
 learning-rate selection (recollect.experiments.distill_mnist). All fast: tiny students and pools."""
 import copy
 
@@ -7,10 +8,10 @@ import pytest
 import torch
 
 from recollect import paper
-from recollect.grouped import GroupedAdam, grouped_cross_entropy
+from recollect.grouped import GroupedAdam
 from recollect.models import MLP, CategoricalVAE, LeNet
 from recollect.train.autoencoder import decode_all
-from recollect.train.distill import (Pool, RunAdam, _soft_loss, code_sampling_pool, hardest, labelled_pool,
+from recollect.train.distill import (Pool, _soft_loss, code_sampling_pool, hardest, labelled_pool,
                                      one_hot_targets, recollection_pool, subset_pool, teacher_targets,
                                      train_students)
 
@@ -37,40 +38,25 @@ def eval_set(n=20, seed=9, k=4):
 
 
 # ------------------------------------------------------------------------------------------------ Adam
-@pytest.mark.parametrize("fused", [True, False])
-def test_run_adam_equals_grouped_adam(fused):
-    """One fused kernel per run of equal learning rates computes exactly GroupedAdam's update."""
-    torch.manual_seed(0)
-    m1 = MLP(4, SHAPE, groups=4, hidden=6).double()
-    m2 = copy.deepcopy(m1)
-    lrs = [1e-3, 1e-3, 1e-4, 1e-2]
-    o1 = GroupedAdam(m1.parameters(), lr=torch.tensor(lrs, dtype=torch.float64))
-    o2 = RunAdam(m2.parameters(), lrs, fused=fused)
-    assert [r[:2] for r in o2.runs] == [(0, 2), (2, 3), (3, 4)]
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(4):
-        x = torch.rand((4, 3, *SHAPE), generator=gen, dtype=torch.float64)
-        y = torch.randint(0, 4, (4, 3), generator=gen)
-        for m, o in ((m1, o1), (m2, o2)):
-            o.zero_grad()
-            grouped_cross_entropy(m(x), y).sum().backward()
-            o.step()
-    for a, b in zip(m1.parameters(), m2.parameters()):
-        assert torch.allclose(a, b, rtol=0, atol=1e-14)
-
-
-def test_run_adam_state_roundtrip():
+def test_student_optimizer_state_is_checked_and_legacy_runadam_state_loads():
+    """train_students' optimizer is GroupedAdam (one learning rate per group); a saved state must match
+    the run's learning rates, and a state of the earlier RunAdam is converted."""
+    from recollect.train.distill import _optimizer_state
     m = tiny_mlp(2)
-    o = RunAdam(m.parameters(), [1e-3, 1e-4])
+    o = GroupedAdam(m.parameters(), lr=torch.tensor([1e-3, 1e-4], dtype=torch.float64))
     for p in m.parameters():
         p.grad = torch.ones_like(p)
     o.step()
-    st = o.state_dict()
-    o2 = RunAdam(tiny_mlp(2).parameters(), [1e-3, 1e-4])
-    o2.load_state_dict(st)
-    assert o2.step_count == 1 and all(torch.equal(a, b) for a, b in zip(o.m, o2.m))
-    with pytest.raises(ValueError):
-        RunAdam(tiny_mlp(2).parameters(), [1e-3, 1e-3]).load_state_dict(st)
+    st = copy.deepcopy(o.state_dict())
+    assert _optimizer_state(st, o, [1e-3, 1e-4]) is st
+    with pytest.raises(ValueError, match="another run"):
+        _optimizer_state(st, o, [1e-3, 1e-3])
+    legacy = {"step": 1, "m": [o.state[p]["m"].clone() for p in m.parameters()],
+              "v": [o.state[p]["v"].clone() for p in m.parameters()], "lr": [1e-3, 1e-4]}
+    o2 = GroupedAdam(tiny_mlp(2).parameters(), lr=torch.tensor([1e-3, 1e-4], dtype=torch.float64))
+    o2.load_state_dict(_optimizer_state(legacy, o2, [1e-3, 1e-4]))
+    for p, q in zip(m.parameters(), o2.param_groups[0]["params"]):
+        assert float(o2.state[q]["step"]) == 1 and torch.equal(o.state[p]["v"], o2.state[q]["v"])
 
 
 # ------------------------------------------------------------------------------------------------ pools
@@ -169,7 +155,7 @@ def test_resume_from_a_checkpoint_continues_exactly():
     kw = dict(seeds=[0, 1], lrs=[1e-2, 1e-3], active_k=[1, 2], checkpoints=[10, 40], eval_sets=eval_set(),
               chunk=10, checkpoint_every=20, return_model=True)
     saved = []
-    full = train_students(tiny_mlp, pools, on_checkpoint=saved.append, **kw)
+    full = train_students(tiny_mlp, pools, on_checkpoint=lambda state_fn: saved.append(state_fn()), **kw)
     assert len(saved) == 1 and saved[0]["step"] == 20
     resumed = train_students(tiny_mlp, pools, state=saved[0], **kw)
     assert torch.equal(full.accuracy, resumed.accuracy)
@@ -226,6 +212,15 @@ def test_storage_accounting_matches_section_5_1():
     assert acct.loc["10x", "buffer_bits"] == 50_000 * 168
 
 
+def test_eq4_picks_the_papers_mnist_generators_and_the_smoke_sizes():
+    from recollect.experiments import distill_common as dc
+    from recollect.experiments import distill_mnist as ex
+
+    assert dc.eq4_sizes(50_000) == {g: list(v) for g, v in paper.MNIST_GENERATORS.items()}
+    smoke = {g: (cfg.smoke().c, cfg.smoke().l) for g, cfg in ex.GENERATORS.items()}
+    assert smoke == {g: tuple(v) for g, v in dc.eq4_sizes(ex.SMOKE_DATA.n_train).items()}
+
+
 def test_summarize_picks_the_learning_rate_on_validation_and_reports_test():
     from recollect.experiments import distill_mnist as ex
 
@@ -250,3 +245,208 @@ def test_suspect_cells_get_no_verdict():
     tab = ex.compare_table(pd.DataFrame(rows), "mlp")
     nv = tab[tab.verdict.str.startswith("no verdict")]
     assert sorted(nv.column) == sorted(["10% Sample", "2% Sample", "1% Sample"])
+
+
+def test_missing_results_pass_through_the_chapter_functions():
+    from recollect import claims, figures
+    from recollect.experiments import distill_mnist as ex
+    from recollect.experiments.items import Missing
+
+    m = Missing(["distill-mnist/students-lenet"])
+    assert ex.summarize(m) is m and ex.compare_table(m, "lenet") is m and claims.distill_mnist(m, None) is m
+    assert figures.distill_mnist_figure4(m) is m and figures.distill_mnist_recollections(m) is m and ex.teacher_rows(m) is m and ex.generator_summary(m) is m
+
+
+# ------------------------------------------------------------------------------------------------ items
+def test_paper_profile_reads_in_one_place_and_matches_section_5_1():
+    from recollect.experiments import distill_mnist as ex
+    from recollect.experiments.items import chapter_items
+
+    t = ex.TEACHER
+    assert (t.arch, t.epochs, t.data.n_train, t.select) == ("lenet", 500, 50_000, "val")
+    for g, (c, l) in paper.MNIST_GENERATORS.items():
+        cfg = ex.GENERATORS[g]
+        assert (cfg.c, cfg.l, cfg.epochs, cfg.data.n_train) == (c, l, 500, 50_000)
+    lenet, mlp, code = (ex.STUDENTS[k] for k in ("students-lenet", "students-mlp", "code-sampling"))
+    assert lenet.columns == tuple(paper.TABLE_COLUMNS) and lenet.episodes == tuple(paper.EPISODES)
+    assert lenet.lrs == tuple(paper.LR_DISTILL) and len(lenet.seeds) == 5 and mlp.arch == "mlp"
+    assert lenet.groups() == 160 and mlp.groups() == 160 and code.groups() == 20
+    items = {it.name: it for it in chapter_items("distill-mnist")}
+    assert set(items) == {"teacher", "generator-10x", "generator-50x", "generator-100x", "students-lenet",
+                          "students-mlp", "code-sampling"}
+    assert items["code-sampling"].depends == ("teacher", "generator-10x", "generator-100x")
+    assert all(it.stage == "first" and it.versioned_by is None for it in items.values())
+    for it in items.values():  # the probe keeps the paper's shapes and runs every loop at least 3 steps
+        probe = it.cfg("probe")
+        assert all(l.steps >= 3 for l in it.loops(probe)), it.name
+        if hasattr(probe, "groups"):
+            assert probe.groups() == it.cfg("paper").groups()
+
+
+def test_no_two_roles_share_a_seed():
+    """Every model and random stream of both chapters (paper and smoke profiles) has a seed of its own."""
+    from recollect.experiments import distill_mnist as mn
+    from recollect.experiments import distill_omniglot as om
+    from recollect.utils import derive_seed
+
+    for profile in ("paper", "smoke"):
+        roles = {f"mnist/{k}": v for k, v in mn.seeds(profile).items()}
+        roles.update({f"omniglot/{k}": v for k, v in om.seeds(profile).items()})
+        seen = {}
+        for role, seed in roles.items():
+            assert seed not in seen, f"{role} and {seen[seed]} share the seed {seed}"
+            seen[seed] = role
+        assert all(0 <= s < 2 ** 63 for s in roles.values())
+    # stable across processes (a hash of the parts, not Python's hash())
+    assert derive_seed("mnist", "student", "lenet", 0) == 6271473400623661056
+    assert derive_seed("mnist", "student", "lenet", 0) != derive_seed("mnist", "teacher", "lenet", 0)
+    assert derive_seed(1) != derive_seed("1")
+    with pytest.raises(ValueError):
+        derive_seed(0.5)
+
+
+def _tiny_mnist():
+    """A teacher, one generator and students of every kind at tiny sizes (MNIST, LeNet)."""
+    from dataclasses import replace
+
+    from recollect.experiments import distill_mnist as ex
+    from recollect.experiments.distill_common import MnistData
+
+    d = MnistData(n_train=64, n_val=32, n_test=32)
+    teacher = replace(ex.TEACHER, data=d, epochs=2, batch_size=32, schedule=((1, 1e-3), (2, 1e-4)))
+    gen = replace(ex.GENERATORS["100x"], c=6, l=2, data=d, epochs=1, batch_size=32, curve_images=16)
+    students = replace(ex.STUDENTS["students-lenet"], data=d, columns=("Real Data", "1% Sample", "Real x / Teacher y",
+                                                                      "100x Compress"),
+                       code_sampling=("100x",), lrs=(1e-3,), seeds=(0, 1), episodes=(2, 4), chunk=2)
+    return teacher, gen, students
+
+
+def _job(key, cfg, deps=None, ck=None, deadline=None):
+    import torch as _t
+
+    from recollect.experiments.items import Job, get_item
+
+    return Job(get_item(key), "smoke", cfg, _t.device("cpu"), deps or {}, ck, deadline=deadline)
+
+
+def _chain(ck_root=None):
+    from recollect.experiments import distill_common as dc
+
+    teacher, gen, students = _tiny_mnist()
+    ck = (lambda n: None) if ck_root is None else (lambda n: ck_root / n)
+    t = dc.train_teacher(_job("distill-mnist/teacher", teacher, ck=ck("teacher")))
+    g = dc.train_generator(_job("distill-mnist/generator-100x", gen, ck=ck("gen")))
+    deps = {"distill-mnist/teacher": t, "distill-mnist/generator-100x": g}
+    s = dc.run_students(_job("distill-mnist/students-lenet", students, deps, ck=ck("students")))
+    return t, g, s
+
+
+def test_items_run_from_payloads_deterministically_and_store_compactly(tmp_path):
+    from recollect import results as R
+    from recollect.experiments import distill_common as dc
+
+    t, g, s = _chain()
+    assert R.fingerprint(t) == R.fingerprint(_chain()[0])
+    assert R.fingerprint(s) == R.fingerprint(_chain()[2])
+    # the teacher: weights of one float32 model, the per-epoch curve, the epoch kept on validation
+    assert all(v.dtype == torch.float32 and v.shape[0] == 1 for v in t["weights"].values())
+    assert list(t["curve"].columns) == ["epoch", "lr", "train_loss", "val_acc", "test_acc"] and len(t["curve"]) == 2
+    assert t["val_acc"] == t["curve"]["val_acc"].max()
+    teacher = dc.load_classifier(t)
+    assert torch.equal(next(teacher.parameters()), next(iter(t["weights"].values())))
+    # the generator: its buffer holds one packed code per training image, labels as small ints
+    vae, buf = dc.load_generator(g)
+    assert len(buf) == 64 and buf.codes().shape == (1, 64, 6) and g["buffer"]["y"].dtype == torch.int16
+    assert g["buffer"]["store"].dtype == torch.uint8 and len(g["curve"]) == 1
+    # the students: every group at every checkpoint on validation and test; the pools they saw
+    acc = s["accuracy"]
+    assert s["groups"] == (4 + 1) * 2 + 4 * 2  # (4 columns + code sampling) random, 4 columns active; 2 runs
+    assert len(acc) == s["groups"] * 2 * 2 and set(acc.split) == {"val", "test"}
+    assert set(s["pools"].source) == {"Real Data", "1% Sample", "Real x / Teacher y", "100x Compress",
+                                      "Code sampling 100x"}
+    # results round-trip through the store, and no payload holds a timing
+    for name, p in (("teacher", t), ("generator-100x", g), ("students-lenet", s)):
+        res = R.Result(f"distill-mnist/{name}", "smoke", {}, "v", {}, p)
+        R.ResultStore(tmp_path).put(res)
+        back = R.ResultStore(tmp_path).read(f"distill-mnist/{name}")
+        assert R.fingerprint(back.payload) == R.fingerprint(p)
+        assert not any("second" in k or "time" in k for k in p)
+
+
+def test_no_student_starts_from_the_teachers_initial_weights(monkeypatch):
+    """The teacher and every student (all runs) are initialised under seeds of their own: the student
+    run passes the derived seeds to train_students, and none of the initial weights is the teacher's."""
+    from recollect.experiments import distill_common as dc
+    from recollect.train.distill import init_students
+
+    inits, captured = [], []
+    orig_init, orig_train = dc.init_model, dc.train_students
+
+    def spy_init(factory, seed):
+        m = orig_init(factory, seed)
+        inits.append({k: v.clone() for k, v in m.state_dict().items()})
+        return m
+
+    def spy_train(factory, pools, seeds=None, **kw):
+        captured.append((factory, list(seeds)))
+        return orig_train(factory, pools, seeds=seeds, **kw)
+
+    monkeypatch.setattr(dc, "init_model", spy_init)
+    monkeypatch.setattr(dc, "train_students", spy_train)
+    _chain()
+    teacher0 = inits[0]
+    (factory, student_seeds), = captured
+    teacher, _, students = _tiny_mnist()
+    assert dc.teacher_seed(teacher) not in student_seeds
+    assert sorted(set(student_seeds)) == sorted({dc.student_seed("mnist", "lenet", r) for r in students.seeds})
+    fused = init_students(factory, sorted(set(student_seeds))).state_dict()
+    for k, v in teacher0.items():
+        for g in range(fused[k].shape[0]):
+            assert not torch.equal(fused[k][g], v[0]), f"a student starts from the teacher's {k}"
+
+
+def test_teacher_generator_and_students_resume_exactly_after_the_deadline(tmp_path):
+    import time
+    from dataclasses import replace
+
+    from recollect import results as R
+    from recollect.experiments import distill_common as dc
+
+    whole = _chain()
+    teacher, gen, students = _tiny_mnist()
+    students = replace(students, checkpoint_every=2)
+    past = time.monotonic() - 1.0  # a deadline already passed: stop after the first epoch, after saving
+    with pytest.raises(dc.Incomplete):
+        dc.train_teacher(_job("distill-mnist/teacher", teacher, ck=tmp_path / "teacher", deadline=past))
+    assert (tmp_path / "teacher.ckpt").exists()
+    t = dc.train_teacher(_job("distill-mnist/teacher", teacher, ck=tmp_path / "teacher"))
+    assert R.fingerprint(t) == R.fingerprint(whole[0]) and not (tmp_path / "teacher.ckpt").exists()
+    deps = {"distill-mnist/teacher": whole[0], "distill-mnist/generator-100x": whole[1]}
+    with pytest.raises(dc.Incomplete, match="2 of 4 episodes"):  # stop at the first offer of a checkpoint
+        dc.run_students(_job("distill-mnist/students-lenet", students, deps, ck=tmp_path / "students",
+                             deadline=time.monotonic() + 1e-9))
+    assert (tmp_path / "students.ckpt").exists()
+    s = dc.run_students(_job("distill-mnist/students-lenet", students, deps, ck=tmp_path / "students"))
+    assert R.fingerprint(s) == R.fingerprint(whole[2])
+
+
+def test_loops_count_the_steps_the_trainers_take():
+    """The plan multiplies each loop's steps (``Item.loops``) by a per-step cost: the counts must be the
+    steps the trainers really tick."""
+    from recollect.experiments import distill_common as dc
+    from recollect.train import probe
+
+    teacher, gen, students = _tiny_mnist()
+    runs = []
+    with probe.Recorder() as rec:
+        t = dc.train_teacher(_job("distill-mnist/teacher", teacher))
+    runs.append((dc.teacher_loops(teacher), rec))
+    with probe.Recorder() as rec:
+        g = dc.train_generator(_job("distill-mnist/generator-100x", gen))
+    runs.append((dc.generator_loops(gen), rec))
+    deps = {"distill-mnist/teacher": t, "distill-mnist/generator-100x": g}
+    with probe.Recorder() as rec:
+        dc.run_students(_job("distill-mnist/students-lenet", students, deps))
+    runs.append((dc.student_loops(students), rec))
+    for loops, rec in runs:
+        assert {l.name: l.steps for l in loops} == {k: v.steps for k, v in rec.loops.items()}

@@ -1,17 +1,13 @@
-"""recollect.experiments.distortion: accounting of Tables 5-6, eqs 3-4, resumable fused training,
-matched-bits comparison and claims. Fast: tiny models on synthetic images (the worker test uses 64
-real MNIST images and is skipped without the data directory)."""
+"""recollect.experiments.distortion: accounting of Tables 5-6, eqs 3-4, the items and their configs,
+resumable fused training, matched-bits comparison and claims. Fast: tiny models on synthetic images."""
 import math
 import os
-import pickle
 
 import pandas as pd
 import pytest
 import torch
 
-from recollect import accounting, paper
-from recollect.cache import ResultCache, config_key
-from recollect.experiments import Context
+from recollect import accounting, claims, paper
 from recollect.experiments import distortion as ex
 from recollect.models import CategoricalVAE
 
@@ -76,81 +72,84 @@ def test_budget_search_reports_when_nothing_fits():
 
 
 # ---------------------------------------------------------------------------------------------- training
-def test_arch_config_checks():
-    with pytest.raises(ValueError):
-        ex.arch_config(TRAIN, "binary", (4, 2))
-    with pytest.raises(ValueError, match="KL"):
-        ex.arch_config(TRAIN, "continuous", 2, kl_weight=1.0)
-    a = ex.arch_config(TRAIN, "categorical", (4, 2))
-    b = ex.arch_config(TRAIN, "categorical", (4, 2), kl_weight=0.0)
-    assert config_key("x", a) == config_key("x", b)  # the loss-choice BCE runs are the Table 5 runs
+CFG = ex.AEConfig("categorical", (4, 2), n_train=48, epochs=2, batch_size=16, lrs=(1e-2, 1e-3), curve_images=16,
+                  eval_batch=32)
 
 
-def test_train_architecture_fuses_learning_rates_and_records_curves(fake_data, tmp_path):
-    acfg = ex.arch_config(TRAIN, "categorical", (4, 2))
-    r = ex.train_architecture(acfg, "cpu", ResultCache(tmp_path))
+def _job(cfg, ck=None):
+    from recollect.experiments.items import Job, get_item
+
+    return Job(get_item("distortion/ae-categorical-6-2"), "smoke", cfg, torch.device("cpu"), checkpoint_dir=ck)
+
+
+def test_configs_derive_smoke_and_probe_from_the_paper_profile():
+    paper_cfg = ex.AEConfig("categorical", (392, 3))
+    assert (paper_cfg.n_train, paper_cfg.epochs, paper_cfg.lrs) == (50_000, 15, (1e-2, 1e-3, 1e-4, 1e-5))
+    probe = paper_cfg.probe()
+    assert probe.size == paper_cfg.size and probe.batch_size == paper_cfg.batch_size and probe.lrs == paper_cfg.lrs
+    assert probe.n_train == 3 * probe.batch_size and probe.epochs == 1
+    smoke = paper_cfg.smoke()
+    assert smoke.n_train < paper_cfg.n_train and smoke.size == paper_cfg.size
+
+
+def test_every_architecture_of_both_tables_is_an_item_and_the_bce_runs_are_shared():
+    from recollect.experiments.items import registry
+
+    reg = registry()
+    for c, l in paper.TABLE5:
+        assert f"distortion/ae-categorical-{c}-{l}" in reg
+    for h in paper.TABLE6:
+        assert f"distortion/ae-continuous-{h}" in reg
+    # the loss comparison's BCE runs are Table 5's items: only the KL runs are items of their own
+    kl = [k for k in reg if k.startswith("distortion/") and k.endswith("-kl")]
+    assert sorted(kl) == sorted(f"distortion/ae-categorical-{c}-{l}-kl" for c, l in ex.LOSS_ROWS + ex.SMOKE_LOSS_ROWS)
+
+
+def test_train_architecture_fuses_learning_rates_and_records_curves(fake_data):
+    r = ex.train_architecture(_job(CFG))
     assert len(r["distortion"]) == 2 and len(r["loss"]) == 2 and len(r["curve"]) == 2
     assert all(len(v) == 2 for v in r["loss"] + r["curve"])
     assert r["params"] == accounting.param_count(CategoricalVAE(4, 2))
     assert r["distortion"][0] != r["distortion"][1]  # two learning rates, two different models
     assert all(0 < d < 1 for d in r["distortion"])
-    # a second call is a cache hit, not a retrain
-    assert ex.train_architecture(acfg, "cpu", ResultCache(tmp_path)) == r
+    assert ex.train_architecture(_job(CFG)) == r  # deterministic: a payload is a function of its config
 
 
 class _Interrupt(Exception):
     pass
 
 
-class _StopAfterFirstCheckpoint(ResultCache):
-    def put_checkpoint(self, key, state):
-        super().put_checkpoint(key, state)
+@pytest.mark.parametrize("kind,size", [("categorical", (4, 2)), ("continuous", (1,))])
+def test_interrupted_training_resumes_to_the_same_result(fake_data, tmp_path, monkeypatch, kind, size):
+    from recollect.train.checkpoint import Checkpointer
+
+    cfg = ex.AEConfig(kind, size, n_train=48, epochs=3, batch_size=16, lrs=(1e-2, 1e-3), curve_images=16,
+                      eval_batch=32)
+    ref = ex.train_architecture(_job(cfg))
+    real = Checkpointer.maybe_save
+
+    def save_then_die(self, state_fn, generators=None, force=False):
+        real(self, state_fn, generators, force=True)  # save at the first epoch's end, then a kill
         raise _Interrupt
 
-
-@pytest.mark.parametrize("kind,size", [("categorical", (4, 2)), ("continuous", 1)])
-def test_interrupted_training_resumes_to_the_same_result(fake_data, tmp_path, kind, size):
-    acfg = ex.arch_config(TRAIN, kind, size)
-    ref = ex.train_architecture(acfg, "cpu", ResultCache(tmp_path / "ref"))
+    monkeypatch.setattr(Checkpointer, "maybe_save", save_then_die)
     with pytest.raises(_Interrupt):
-        ex.train_architecture(acfg, "cpu", _StopAfterFirstCheckpoint(tmp_path / "run"))
-    cache = ResultCache(tmp_path / "run")
-    key = config_key("distortion-ae", acfg)
-    assert cache.get(key) is None and cache.get_checkpoint(key)["state"]["epoch"] == 1
-    res = ex.train_architecture(acfg, "cpu", cache)
-    assert res["distortion"] == ref["distortion"]
-    assert res["loss"] == ref["loss"] and res["curve"] == ref["curve"]
-    assert cache.get_checkpoint(key) is None  # the finished result replaces the checkpoint
-
-
-def _ctx(tmp_path, profile="smoke"):
-    return Context(profile, [0], torch.device("cpu"), ResultCache(tmp_path))
-
-
-def test_worker_entry_point_is_picklable_and_fills_the_cache(fake_data, tmp_path):
-    acfg = ex.arch_config(TRAIN, "continuous", 1)
-    pickle.loads(pickle.dumps((ex._worker, acfg, "cpu", str(tmp_path), 1)))  # what the spawned pool sends
-    ex._worker(acfg, "cpu", str(tmp_path), 1)
-    assert ResultCache(tmp_path).get(config_key("distortion-ae", acfg)) is not None
-
-
-@pytest.mark.skipif(not (os.environ.get("RECOLLECT_DATA") and os.environ.get("RECOLLECT_SLOW_TESTS")),
-                    reason="spawns processes (~20 s): set RECOLLECT_SLOW_TESTS=1 and RECOLLECT_DATA")
-def test_worker_processes_give_the_same_results(tmp_path):
-    train = dict(TRAIN, n_train=64, epochs=1)
-    acfgs = [ex.arch_config(train, "categorical", (4, 2)), ex.arch_config(train, "continuous", 1)]
-    one = ex._train_all(_ctx(tmp_path / "a"), acfgs, workers=1)
-    two = ex._train_all(_ctx(tmp_path / "b"), acfgs, workers=2)
-    for a, b in zip(one, two):
-        assert a["distortion"] == b["distortion"] and a["loss"] == b["loss"]
+        ex.train_architecture(_job(cfg, tmp_path / "ae"))
+    monkeypatch.setattr(Checkpointer, "maybe_save", real)
+    assert (tmp_path / "ae.ckpt").exists()
+    res = ex.train_architecture(_job(cfg, tmp_path / "ae"))
+    assert res == ref
+    assert not (tmp_path / "ae.ckpt").exists()  # the finished item drops its checkpoint
 
 
 # ---------------------------------------------------------------------------------------------- tables
 def _t5(rows):
     """A Table 5 frame as run_table5 returns it, from {(c, l): {lr: distortion}}."""
-    labels = ex._table5_labels(list(rows))
+    labels = [dict(c=c, l=l, bits=accounting.sbe_bits(c, l), capacity=accounting.capacity_bits(c, l),
+                   compression=accounting.compression_ratio(ex.IMAGE_BITS, accounting.sbe_bits(c, l)))
+              for c, l in rows]
     results = [dict(lrs=list(v), distortion=list(v.values()), loss=[[0.5] * len(v)], curve=[[0.2] * len(v)],
-                    params=1, seconds=1.0) for v in rows.values()]
+                    params=1) for v in rows.values()]
     return ex._results_frame(results, labels)
 
 
@@ -189,9 +188,9 @@ def test_claims_follow_the_numbers():
         return ex._results_frame(res, labels)
 
     t5 = _t5({(6, 2): {1e-3: 0.14}, (38, 2): {1e-3: 0.06}, (168, 2): {1e-3: 0.02}})
-    good = dict((c, h) for c, h, _ in ex.claims(t5, t6({1: 0.13, 20: 0.015}), by_rho, by_n))
+    good = dict((c, h) for c, h, _ in claims.distortion(t5, t6({1: 0.13, 20: 0.015}), by_rho, by_n))
     assert good[next(k for k in good if k.startswith("Categorical"))] is True
     assert good[next(k for k in good if "capacity C_ve" in k)] is True
-    bad = dict((c, h) for c, h, _ in ex.claims(t5, t6({1: 0.01}), by_rho, by_n))
+    bad = dict((c, h) for c, h, _ in claims.distortion(t5, t6({1: 0.01}), by_rho, by_n))
     assert bad[next(k for k in bad if k.startswith("Categorical"))] is False
     assert all(good[k] for k in good if "eq" in k.lower() or "rho" in k)

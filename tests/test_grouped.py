@@ -1,4 +1,5 @@
 """The fused (grouped) engine computes the same function as G separate models (speed issue)."""
+import copy
 import io
 
 import pytest
@@ -139,3 +140,208 @@ def test_adam_state_survives_save_and_load():
         oa_state = buf.getvalue()
     for p1, p2 in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p1, p2, rtol=1e-8, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------
+# the multi-tensor, capturable optimizers
+# ------------------------------------------------------------------------------------------------
+def _grouped_params(G, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(G, 3, 4), (G, 5), (G, 2, 2, 3)]
+    return [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def _fake_grads(params, step, live=None):
+    """Deterministic gradients for step ``step``; params outside ``live`` get none."""
+    gen = torch.Generator().manual_seed(100 + step)
+    for i, p in enumerate(params):
+        g = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        p.grad = g if live is None or i in live else None
+
+
+def _separate(params, G):
+    """G single-group copies of grouped parameters (group g: every parameter's slice [g:g+1])."""
+    return [[p.detach()[g:g + 1].clone().requires_grad_() for p in params] for g in range(G)]
+
+
+def _copy_grads(params, singles):
+    for g, ps in enumerate(singles):
+        for p, q in zip(params, ps):
+            q.grad = None if p.grad is None else p.grad[g:g + 1].clone()
+
+
+def test_per_group_rates_equal_separate_torch_adams_in_float64():
+    """G groups with G learning rates (two param groups, one with a (G,) tensor, one with a float)
+    equal G separate torch.optim.Adam, including steps where some parameters have no gradient."""
+    G = 3
+    params = _grouped_params(G)
+    lrs = torch.tensor([1e-2, 1e-3, 3e-3], dtype=torch.float64)
+    opt = GroupedAdam([{"params": params[:2], "lr": lrs}, {"params": params[2:], "lr": 5e-3}], betas=(0.8, 0.99))
+    singles = _separate(params, G)
+    refs = [torch.optim.Adam([{"params": ps[:2], "lr": float(lrs[g])}, {"params": ps[2:], "lr": 5e-3}],
+                             betas=(0.8, 0.99)) for g, ps in enumerate(singles)]
+    for step in range(6):
+        _fake_grads(params, step, live=None if step % 3 else {0, 2})  # steps 0 and 3: parameter 1 has no grad
+        _copy_grads(params, singles)
+        opt.step()
+        for r in refs:
+            r.step()
+    for g, ps in enumerate(singles):
+        for p, q in zip(params, ps):
+            assert torch.allclose(p[g:g + 1], q, rtol=1e-12, atol=1e-14)
+    assert [float(opt.state[p]["step"]) for p in params] == [6.0, 4.0, 6.0]
+
+
+def test_sgd_with_momentum_equals_torch_sgd_per_group():
+    G = 2
+    params = _grouped_params(G, seed=1)
+    lrs = torch.tensor([0.1, 0.02], dtype=torch.float64)
+    opt = GroupedSGD(params, lr=lrs, momentum=0.9)
+    singles = _separate(params, G)
+    refs = [torch.optim.SGD(ps, lr=float(lrs[g]), momentum=0.9) for g, ps in enumerate(singles)]
+    for step in range(4):
+        _fake_grads(params, step)
+        _copy_grads(params, singles)
+        opt.step()
+        for r in refs:
+            r.step()
+    for g, ps in enumerate(singles):
+        for p, q in zip(params, ps):
+            assert torch.allclose(p[g:g + 1], q, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("how", ["set_lr", "assign"])
+def test_learning_rate_changed_mid_run_in_place(how):
+    """set_lr (and a reassigned group["lr"]) changes the next update like a new rate in torch.optim.Adam,
+    writing into the same tensors (what a captured CUDA graph reads)."""
+    G = 2
+    params = _grouped_params(G, seed=2)
+    opt = GroupedAdam(params, lr=torch.tensor([1e-2, 1e-3], dtype=torch.float64))
+    singles = _separate(params, G)
+    refs = [torch.optim.Adam(ps, lr=lr) for ps, lr in zip(singles, (1e-2, 1e-3))]
+    new = torch.tensor([3e-4, 2e-2], dtype=torch.float64)
+    for step in range(5):
+        if step == 2:
+            b = opt._buckets[0][0]
+            ptrs = (b.lr.data_ptr(), [t.data_ptr() for t in b.lr_full])
+            if how == "set_lr":
+                opt.set_lr(new)
+            else:
+                opt.param_groups[0]["lr"] = new
+                opt.sync_lr()
+            assert (b.lr.data_ptr(), [t.data_ptr() for t in b.lr_full]) == ptrs
+            assert torch.equal(b.lr_full[0][1], torch.full_like(b.lr_full[0][1], 2e-2))
+            for r, lr in zip(refs, new.tolist()):
+                r.param_groups[0]["lr"] = lr
+        _fake_grads(params, step)
+        _copy_grads(params, singles)
+        opt.step()
+        for r in refs:
+            r.step()
+    for g, ps in enumerate(singles):
+        for p, q in zip(params, ps):
+            assert torch.allclose(p[g:g + 1], q, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="shape"):
+        opt.set_lr(torch.ones(3))
+
+
+def _lerp_adam(ps):
+    opt = GroupedAdam(ps, lr=torch.tensor([1e-2, 1e-3]))
+    opt.cpu_direct = False  # the CUDA arithmetic
+    return opt
+
+
+@pytest.mark.parametrize("make", [lambda ps: GroupedAdam(ps, lr=torch.tensor([1e-2, 1e-3])), _lerp_adam,
+                                  lambda ps: GroupedSGD(ps, lr=torch.tensor([0.1, 0.03]), momentum=0.5)])
+def test_state_dict_round_trip_mid_run_is_bit_identical(make):
+    """Save after 3 steps, rebuild the optimizer from the saved bytes, continue: the weights equal an
+    unbroken run's bit for bit, and the step counts live on the parameters' device."""
+    G = 2
+    a = _grouped_params(G, seed=3, dtype=torch.float32)
+    b = [p.detach().clone().requires_grad_() for p in a]
+    oa, ob = make(a), make(b)
+    for step in range(7):
+        if step == 3:
+            buf = io.BytesIO()
+            torch.save(ob.state_dict(), buf)
+            ob = make(b)
+            ob.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=False))
+            for p in b:
+                if "step" in ob.state[p]:
+                    assert ob.state[p]["step"].device == p.device and float(ob.state[p]["step"]) == 3
+        for ps, o in ((a, oa), (b, ob)):
+            _fake_grads(ps, step)
+            o.step()
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+
+
+def test_load_state_dict_copies_in_place_and_rejects_foreign_state():
+    """A graph captured before a resume keeps reading the same state tensors; state of another model
+    (another group count) is a ValueError."""
+    params = _grouped_params(2, seed=4)
+    opt = GroupedAdam(params, lr=1e-3)
+    _fake_grads(params, 0)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    _fake_grads(params, 1)
+    opt.step()
+    ptrs = [opt.state[p]["m"].data_ptr() for p in params]
+    opt.load_state_dict(saved)
+    assert [opt.state[p]["m"].data_ptr() for p in params] == ptrs
+    assert float(opt.state[params[0]]["step"]) == 1
+    other = _grouped_params(3, seed=4)
+    o3 = GroupedAdam(other, lr=1e-3)
+    with pytest.raises(ValueError, match="another model"):
+        o3.load_state_dict(saved)
+    for p in other:  # unchanged, still usable
+        p.grad = torch.ones_like(p)
+    o3.step()
+    assert float(o3.state[other[0]]["step"]) == 1
+
+
+def test_legacy_adam_state_loads():
+    """Checkpoints of the earlier per-parameter GroupedAdam (keys step/m/v/lr/lr_src) still load."""
+    params = _grouped_params(2, seed=5)
+    opt = GroupedAdam(params, lr=1e-3)
+    legacy = {"state": {i: {"step": torch.tensor(4.0, dtype=torch.float64), "m": torch.full_like(p, 0.5),
+                            "v": torch.full_like(p, 0.25), "lr": torch.full((2,) + (1,) * (p.dim() - 1), 1e-3),
+                            "lr_src": 1e-3} for i, p in enumerate(params)},
+              "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "params": [0, 1, 2]}]}
+    opt.load_state_dict(legacy)
+    st = opt.state[params[1]]
+    assert float(st["step"]) == 4 and torch.equal(st["m"], torch.full_like(params[1], 0.5))
+
+
+def test_cpu_direct_cuda_lerp_and_plain_paths_agree():
+    """The CPU's direct path (fused kernel per run of equal rates), the CUDA arithmetic (unit-rate
+    fused kernel, then lerp with each element's rate) and the plain-operations fallback agree."""
+    G = 3
+    lrs = torch.tensor([1e-2, 1e-2, 1e-3], dtype=torch.float64)
+    runs = []
+    for path in ("direct", "lerp", "plain"):
+        params = _grouped_params(G, seed=6)
+        opt = GroupedAdam(params, lr=lrs)
+        opt.cpu_direct = path == "direct"
+        opt.init_state()
+        b = opt._buckets[0][0]
+        b.path = path
+        assert b.runs == [(0, 2, 1e-2), (2, 3, 1e-3)]
+        for step in range(4):
+            _fake_grads(params, step, live=None if step != 2 else {0, 1})
+            opt.step()
+            if step == 1:
+                opt.set_lr(torch.tensor([1e-3, 2e-3, 2e-3], dtype=torch.float64))
+        runs.append(params)
+    for other in runs[1:]:
+        for p, q in zip(runs[0], other):
+            assert torch.allclose(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_make_optimizer_names():
+    from recollect.grouped import make_optimizer
+    ps = _grouped_params(2)
+    assert isinstance(make_optimizer(ps, "adam", [1e-3, 1e-4]), GroupedAdam)
+    assert isinstance(make_optimizer(ps, "sgd", 0.1), GroupedSGD)
+    with pytest.raises(ValueError, match="adam"):
+        make_optimizer(ps, "rmsprop", 0.1)

@@ -7,49 +7,7 @@ import pytest
 import torch
 
 from recollect import paper, report
-from recollect.cache import ResultCache, config_key
 from recollect.experiments import check_profile, context
-
-
-def test_cache_roundtrip_and_key_depends_on_config_and_version(tmp_path):
-    c = ResultCache(tmp_path)
-    k1 = config_key("x", {"a": 1, "b": [1, 2]})
-    assert k1 == config_key("x", {"b": [1, 2], "a": 1})  # order-free
-    assert k1 != config_key("x", {"a": 2, "b": [1, 2]})
-    assert k1 != config_key("x", {"a": 1, "b": [1, 2]}, version="other")
-    assert c.get(k1) is None
-    c.put(k1, {"t": torch.arange(3)})
-    assert torch.equal(c.get(k1)["t"], torch.arange(3))
-    assert not list(tmp_path.glob("*.tmp"))  # atomic: no temporary left behind
-
-
-def test_memo_computes_once(tmp_path):
-    c, calls = ResultCache(tmp_path), []
-    f = lambda: calls.append(1) or 42  # noqa: E731
-    assert c.memo("m", {"s": 0}, f) == 42 and c.memo("m", {"s": 0}, f) == 42
-    assert len(calls) == 1
-
-
-def test_checkpoint_is_dropped_when_result_lands(tmp_path):
-    c = ResultCache(tmp_path)
-    c.put_checkpoint("k", {"step": 3})
-    assert c.get_checkpoint("k") == {"step": 3}
-    c.put("k", 1)
-    assert c.get_checkpoint("k") is None
-
-
-def test_corrupt_entry_is_set_aside_and_recomputed(tmp_path, capsys):
-    c = ResultCache(tmp_path)
-    key = config_key("x", {})
-    (tmp_path / f"{key}.result.pt").write_bytes(b"not a torch file")
-    assert c.get(key) is None
-    assert "could not be read" in capsys.readouterr().out
-    assert (tmp_path / f"{key}.result.corrupt").exists()
-
-
-def test_config_must_be_json_like():
-    with pytest.raises(TypeError, match="JSON-like"):
-        config_key("x", {"a": object()})
 
 
 def test_unknown_profile_is_a_clear_error():

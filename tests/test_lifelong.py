@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from recollect import accounting
-from recollect.data import ImageSet, TaskStream
 from recollect.grouped import select_group
 from recollect.models import CategoricalVAE, make_classifier
 from recollect.train.common import masked_logits
@@ -14,24 +13,12 @@ from recollect.train.icarl import ExemplarStore, herding, icarl_runnable
 from recollect.train.lifelong import (LifelongConfig, LifelongHarness, can_fuse, fuse_groups, plan_storage,
                                       run_lifelong)
 
+from lifelong_helpers import synth
+
 torch.set_num_threads(1)
 KW = dict(model_kwargs={"nf": 2}, replay=3)
 
 
-def synth(T=3, per=8, cls=3, seed=0, test_per_class=2):
-    """T tasks of `cls` classes each, random 28x28 images (a tiny TaskStream)."""
-    g = torch.Generator().manual_seed(seed)
-    train, test, tc = [], [], []
-    for t in range(T):
-        c = torch.arange(t * cls, (t + 1) * cls)
-        y = c[torch.arange(per) % cls]
-        train.append(ImageSet(torch.randint(0, 256, (per, 1, 28, 28), generator=g, dtype=torch.uint8), y,
-                              torch.full((per,), t)))
-        yt = c.repeat(test_per_class)
-        test.append(ImageSet(torch.randint(0, 256, (len(yt), 1, 28, 28), generator=g, dtype=torch.uint8), yt,
-                             torch.full((len(yt),), t)))
-        tc.append(c)
-    return TaskStream("synth", train, test, tc, T * cls, (1, 28, 28))
 
 
 # ------------------------------------------------------------------------------------------------

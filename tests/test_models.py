@@ -93,3 +93,27 @@ def test_classifier_learns_and_masks():
     assert torch.isinf(out[0, 0, 2]) and torch.isinf(out[0, 1, 0]) and out[0, 1, 3] == 0
     with pytest.raises(ValueError, match="unknown classifier"):
         make_classifier("vgg", 10, (1, 28, 28))
+
+
+def test_trusted_decode_equals_decode_without_a_host_sync():
+    """``decode_trusted`` / ``decode_logits``: the recollections of codes known to be valid (a buffer's
+    own), with a scatter one-hot instead of ``F.one_hot``'s range check: no host synchronisation."""
+    from recollect.models.vae import one_hot
+    from recollect.train.capture import SyncCounter
+    torch.manual_seed(0)
+    vae = CategoricalVAE(6, 3, (1, 28, 28), groups=2)
+    idx = torch.randint(0, 3, (2, 5, 6))
+    assert torch.equal(one_hot(idx, 3), torch.nn.functional.one_hot(idx, 3).float())
+    vae.decode_trusted(idx)
+    with SyncCounter() as c:
+        out = vae.decode_trusted(idx)
+    c.assert_no_syncs("decode_trusted")
+    assert torch.equal(out, vae.decode(idx)) and out.shape == (2, 5, 1, 28, 28)
+
+
+def test_gumbel_sampler_keeps_float64():
+    logits = torch.randn(2, 3, 4, dtype=torch.float64)
+    z, idx = gumbel_softmax_st(logits, generator=torch.Generator().manual_seed(0))
+    assert z.dtype == torch.float64 and idx.shape == (2, 3)
+    z, _ = gumbel_softmax_st(logits.to(torch.bfloat16))
+    assert z.dtype == torch.float32

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import portable
-from ..cache import ResultCache
 from ..utils import device_name, pick_device
 
 PROFILES = ("smoke", "paper")
@@ -35,25 +34,44 @@ def check_profile(profile: str) -> str:
 
 @dataclass
 class Context:
-    """What every experiment needs: profile, seeds, device and the results cache."""
+    """What every experiment needs: profile, seeds and device; what it used (``seen``)."""
     profile: str
     seeds: list
     device: torch.device
-    cache: ResultCache = field(default_factory=ResultCache)
+    started: float = field(default_factory=time.time)
+    #: the seeds the notebook asked for (None: every item's own seeds)
+    seeds_given: tuple | None = None
+    #: item key -> the Result (or Missing) this execution used, for the status and the provenance
+    seen: dict = field(default_factory=dict)
 
     @property
     def smoke(self) -> bool:
         return self.profile == "smoke"
 
-    started: float = field(default_factory=time.time)
-
     def describe(self) -> str:
         return (f"profile={self.profile} seeds={list(self.seeds)} device={device_name(self.device)} "
                 f"torch={torch.__version__}")
 
+    def check_results(self, chapter: str) -> str:
+        """One checked line: at smoke, whether the smoke runs reproduce the committed fingerprints (the
+        versions of the paper results); at paper, how many results were current."""
+        from .items import verify_versions
+
+        if self.smoke:
+            return verify_versions(chapter)
+        used = [k for k in self.seen if k.startswith(chapter + "/")]
+        ok = [k for k in used if hasattr(self.seen[k], "payload")]
+        return f"paper results used: {len(ok)} of {len(used)} items this chapter asked for were current"
+
+    def trained_seconds(self) -> float:
+        """Training time of the results this execution used (from their provenance)."""
+        return sum(float(r.provenance.get("seconds", 0.0)) for r in self.seen.values() if hasattr(r, "provenance"))
+
     def provenance(self, chapter: str, trained_seconds: float | None = None, notes: tuple = ()) -> None:
         """Print how this execution's numbers were made (every chapter's last cell): profile, device,
         versions, the CPU arithmetic settings, times and the command that re-executes the chapter."""
+        if trained_seconds is None and self.seen:
+            trained_seconds = self.trained_seconds()
         print(self.describe())
         arith = ", ".join(f"{k} {v}" for k, v in portable.settings().items())
         kind = "portable settings of recollect/portable.env" if self.smoke else "as the machine chose"
@@ -79,7 +97,8 @@ def context(profile: str = "smoke", seeds=None, device: str = "auto", default_se
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
         dev = pick_device(device)
+    given = None if seeds is None else tuple(int(s) for s in seeds)
     seeds = list(default_seeds if seeds is None else seeds)
     if not seeds:
         raise ValueError("seeds must hold at least one seed, e.g. seeds=[0]")
-    return Context(profile, seeds, dev)
+    return Context(profile, seeds, dev, seeds_given=given)

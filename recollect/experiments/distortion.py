@@ -1,51 +1,49 @@
 """Chapter "distortion versus compression": paper section 3, Figure 2, Tables 5 and 6, eqs 1-4.
 
-Experiments (each returns a tidy pandas DataFrame, cached by its config):
+Items (``recollect.experiments.items``; each a result in ``results/distortion/`` at the paper profile):
 
-* :func:`run_table5` -- the 27 categorical autoencoders (c, l) of Table 5 trained on the MNIST
-  training images, each at the four learning rates of appendix A.1 *as one fused model*
-  (``groups=4``, ``lr=tensor([1e-2, 1e-3, 1e-4, 1e-5])``); one row per (c, l, lr), ``best`` marks the
-  learning rate with the lowest training distortion. Per-epoch curves: :func:`training_curves`.
-* :func:`run_table6` -- the same for the 6 continuous autoencoders (h) of Table 6.
-* :func:`run_loss_choice` -- the loss the paper does not name: reconstruction (BCE) alone against
-  BCE + the categorical VAE's KL term, for a few (c, l).
-* :func:`run_jpeg` -- Figure 2's JPEG points (Pillow, qualities 1-100, header subtracted).
-* :func:`run_baselines` -- beyond the paper: PCA, a k-means codebook and plain downsampling.
-* :func:`budget_search` -- eqs 3 and 4 (accounting only, no training).
+* ``ae-categorical-<c>-<l>`` -- one categorical autoencoder (c, l) of Table 5 trained on the MNIST
+  training images at the four learning rates of appendix A.1 *as one fused model* (``groups=4``, one
+  learning rate per group): training distortion per learning rate, per-epoch loss and distortion
+  curves, |theta|. The loss-choice experiment adds ``ae-categorical-<c>-<l>-kl`` (BCE + KL).
+* ``ae-continuous-<h>`` -- the same for the 6 continuous autoencoders of Table 6.
+* ``jpeg`` -- Figure 2's JPEG points (Pillow, qualities 1-100, header subtracted); CPU only.
+* ``baselines`` -- beyond the paper: PCA, a k-means codebook and plain downsampling.
 
-Every architecture is checkpointed after each epoch (``ResultCache.put_checkpoint``), so a paper
-run stopped after ten minutes continues where it stopped when the command is given again; on a
-GPU several architectures train at once in separate processes (``workers``).
+Tables read these payloads (:func:`table5`, :func:`table6`, :func:`loss_choice`,
+:func:`jpeg`, :func:`baselines`); eqs 3 and 4 (:func:`budget_search`) are accounting only. The
+figures are in ``recollect.figures`` (``distortion_*``), the claims in ``recollect.claims.distortion``.
 """
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .. import accounting, baselines, data, paper
-from ..cache import ResultCache, config_key
+from .. import accounting, baselines as codecs, data, paper
 from ..grouped import GroupedAdam
 from ..models import CategoricalVAE, ContinuousAE
 from ..models.vae import conv_geometry
 from ..models.vae import vae_param_bits as _vae_param_bits
 from ..train.autoencoder import distortion as ae_distortion
 from ..train.autoencoder import train_autoencoder
+from ..train.checkpoint import Checkpointer
+from ..train.probe import tick
 from ..utils import generator, seed_everything
+from .items import Item, Loop, Missing, collect, needs_results, register
 
 __all__ = [
-    "BAND", "IMAGE_SHAPE", "IMAGE_BITS", "SMOKE_ROWS5", "SMOKE_ROWS6", "config", "arch_config",
-    "train_architecture", "run_table5", "run_table6", "run_loss_choice", "run_jpeg", "run_baselines",
+    "BAND", "IMAGE_SHAPE", "IMAGE_BITS", "SMOKE_ROWS5", "SMOKE_ROWS6", "AEConfig", "JpegConfig", "BaselineConfig",
+    "settings", "table5", "table6", "loss_choice", "jpeg", "baselines",
     "training_curves", "paper_spread", "table5_rows", "table6_rows", "lr_table", "compression_check", "matched_bits",
-    "budget_search", "vae_param_bits", "claims", "training_seconds",
-    "figure2", "figure_baselines", "figure_curves", "figure_loss_choice", "figure_budget",
+    "kmeans_table", "overview_tables", "Bf16Config", "bf16_check", "bf16_text", "BF16_FILTERS",
+    "budget_search", "vae_param_bits", "best_rows",
 ]
 
+CHAPTER = "distortion"
 #: Tolerance band of the verdicts on distortion (absolute, mean |error| with pixels / 255); the
 #: chapter justifies it: the paper's own points at one compression ratio spread by up to 0.009.
 BAND = 0.01
@@ -54,186 +52,305 @@ IMAGE_BITS = accounting.image_bits(IMAGE_SHAPE)  # 6,272 (section 3)
 #: smoke profile: the cheapest rows (smallest c*l, hence fewest filters) and the smallest h
 SMOKE_ROWS5 = ((6, 2), (20, 2), (8, 6))
 SMOKE_ROWS6 = (1, 2, 3)
+#: the loss comparison: paper profile rows, smoke row
+LOSS_ROWS = ((38, 2), (48, 10), (168, 2))
+SMOKE_LOSS_ROWS = ((6, 2),)
+KL_WEIGHT = 1.0
 _LATENT = conv_geometry(IMAGE_SHAPE[1])[0][2] ** 2  # 2x2 map: a latent of 4 values per channel
 
 
 # ------------------------------------------------------------------------------------------------
-# configuration
+# configuration: the paper profile in one place, the smoke and probe profiles derived from it
 # ------------------------------------------------------------------------------------------------
-def config(ctx) -> dict:
-    """Every setting of the chapter, from the profile.
+@dataclass(frozen=True)
+class AEConfig:
+    """One autoencoder of Figure 2 trained at every learning rate of appendix A.1 as one fused model.
 
-    ``paper``: all 27 + 6 rows, the 50,000 MNIST training images, 15 epochs, batch 128, Adam at the
-    four learning rates of appendix A.1, reconstruction loss (BCE) only; JPEG on the first 10,000
-    training images. ``smoke``: 3 + 3 of the smallest rows, 1,500 images, 2 epochs; JPEG on 500.
-    """
-    smoke = ctx.smoke
-    n_train = 1500 if smoke else 50000
-    rows5 = [list(r) for r in (SMOKE_ROWS5 if smoke else paper.TABLE5)]
-    train = dict(seed=int(ctx.seeds[0]), n_train=n_train, epochs=2 if smoke else 15, batch_size=128,
-                 lrs=[float(v) for v in paper.LR_SWEEP_FIG2], kl_weight=0.0, tau=1.0,
-                 curve_images=250 if smoke else 10000, eval_batch=1000, optimizer="adam", loss="bce")
-    workers = 1 if smoke or ctx.device.type != "cuda" else 4
-    return dict(
-        train=train,
-        table5=rows5,
-        table6=list(SMOKE_ROWS6 if smoke else paper.TABLE6),
-        loss_choice=dict(rows=[[6, 2]] if smoke else [[38, 2], [48, 10], [168, 2]], kl_weight=1.0),
-        jpeg=dict(images=500 if smoke else 10000, qualities=[1, 25, 50, 75, 100]),
-        baselines=dict(seed=int(ctx.seeds[0]), n_train=n_train, kmeans_iters=10 if smoke else 30,
-                       **_baseline_grid([accounting.sbe_bits(c, l) for c, l in rows5])),
-        workers=workers,
-    )
+    Paper profile: the 50,000 MNIST training images, 15 epochs (the paper names none; the chapter
+    shows the curves), minibatches of 128, Adam at 1e-2 .. 1e-5, reconstruction loss (BCE) only
+    unless ``kl_weight``, Gumbel-softmax temperature 1 (section 4.2), seed 0 (one run per
+    architecture, as the paper reports one number per architecture)."""
+    kind: str                    # "categorical" (size = (c, l)) or "continuous" (size = (h,))
+    size: tuple
+    n_train: int = 50_000
+    epochs: int = 15
+    batch_size: int = 128
+    lrs: tuple = tuple(float(v) for v in paper.LR_SWEEP_FIG2)
+    kl_weight: float = 0.0
+    tau: float = 1.0
+    curve_images: int = 10_000
+    eval_batch: int = 1000
+    seed: int = 0
+    #: "fp32", or "auto": bf16 autocast when the ``bf16-check`` item found it within the band (the
+    #: large architectures, where it pays; issue 14)
+    precision: str = "fp32"
 
+    def smoke(self) -> "AEConfig":
+        return replace(self, n_train=1000, epochs=2, curve_images=250, precision="fp32")
 
-def _baseline_grid(row_bits: list) -> dict:
-    """Settings of the baselines: a sweep over Figure 2's range of bits per image, plus the
-    settings that match each Table 5 row's bits (:func:`matched_bits`)."""
-    def grid(base, need, top):
-        return sorted({v for v in list(base) + [n for n in need if n >= 1] if v <= top})
-    return dict(
-        pca={8: grid([1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 98], [b // 8 for b in row_bits], 98),
-             32: grid([1, 2, 3, 4, 6, 8, 12, 16, 24], [b // 32 for b in row_bits], 24)},
-        downsample={8: grid(range(1, 15), [math.isqrt(b // 8) for b in row_bits], 14),
-                    1: grid([1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28], [math.isqrt(b) for b in row_bits], 28)},
-    )
+    def probe(self) -> "AEConfig":
+        """The paper's shapes for a few steps (dry run, counts, GPU preflight)."""
+        return replace(self, n_train=3 * self.batch_size, epochs=1, curve_images=self.eval_batch // 4)
+
+    @property
+    def label(self) -> str:
+        s = self.size
+        return f"(c, l) = ({s[0]}, {s[1]})" if self.kind == "categorical" else f"h = {s[0]}"
 
 
-def arch_config(train: dict, kind: str, size, kl_weight: float | None = None) -> dict:
-    """The cache key of one architecture trained at all learning rates: ``kind`` is
-    ``"categorical"`` (size = (c, l)) or ``"continuous"`` (size = h)."""
-    if kind not in ("categorical", "continuous"):
-        raise ValueError(f"kind must be 'categorical' or 'continuous', got {kind!r}")
-    size = [int(s) for s in size] if kind == "categorical" else int(size)
-    out = dict(train, kind=kind, size=size)
-    if kl_weight is not None:
-        out["kl_weight"] = float(kl_weight)
-    if kind == "continuous":
-        out.pop("tau", None)
-        if out["kl_weight"]:
-            raise ValueError("the continuous autoencoder has no KL term; use kl_weight=0")
-    return out
+#: architectures with at least this many filters per layer (c*l/4) train in bf16 when the check allows
+BF16_FILTERS = 200
 
 
-def _make_model(acfg: dict, groups: int):
-    if acfg["kind"] == "categorical":
-        c, l = acfg["size"]
-        return CategoricalVAE(c, l, IMAGE_SHAPE, groups=groups, tau=acfg["tau"])
-    return ContinuousAE(acfg["size"], IMAGE_SHAPE, groups=groups)
+@dataclass(frozen=True)
+class Bf16Config:
+    """Issue 14: may the large autoencoders train in bf16? The two widest of Table 5 trained for
+    ``epochs`` epochs at ``lr`` twice from the same seed, in float32 and under bf16 autocast; bf16 is
+    used only if every training distortion stays within ``band`` of float32's (the chapter's own
+    verdict band). Parameters and optimizer state stay float32 either way."""
+    rows: tuple = ((392, 3), (209, 8))
+    n_train: int = 50_000
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 1e-3
+    eval_batch: int = 1000
+    seed: int = 0
+    band: float = BAND
+
+    def smoke(self) -> "Bf16Config":
+        return replace(self, rows=((20, 2),), n_train=600, epochs=1)
+
+    def probe(self) -> "Bf16Config":
+        return replace(self, n_train=3 * self.batch_size, epochs=1)
 
 
-def _label(acfg: dict) -> str:
-    s = acfg["size"]
-    return f"(c, l) = ({s[0]}, {s[1]})" if acfg["kind"] == "categorical" else f"h = {s}"
+@dataclass(frozen=True)
+class JpegConfig:
+    """Figure 2's JPEG points: Pillow at qualities 1-100 on the first 10,000 training images (A.1)."""
+    images: int = 10_000
+    qualities: tuple = (1, 25, 50, 75, 100)
+
+    def smoke(self) -> "JpegConfig":
+        return replace(self, images=500)
+
+    def probe(self) -> "JpegConfig":
+        return replace(self, images=100)
 
 
-def _cost(acfg: dict) -> int:
-    """Relative training cost (filters squared): big architectures are started first."""
-    s = acfg["size"]
-    f = math.ceil(s[0] * s[1] / _LATENT) if acfg["kind"] == "categorical" else s
-    return f * f
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Beyond the paper: classical codecs on the autoencoders' training images (see :func:`baselines`)."""
+    n_train: int = 50_000
+    kmeans_iters: int = 30
+    seed: int = 0
+    rows5: tuple = tuple(paper.TABLE5)
+
+    def smoke(self) -> "BaselineConfig":
+        return replace(self, n_train=1000, kmeans_iters=10, rows5=SMOKE_ROWS5)
+
+    def probe(self) -> "BaselineConfig":
+        return replace(self, n_train=1024, kmeans_iters=2)
+
+    def grid(self) -> dict:
+        """PCA and downsampling settings: a sweep over Figure 2's range of bits per image, plus the
+        settings that match each Table 5 row's bits (:func:`matched_bits`)."""
+        row_bits = [accounting.sbe_bits(c, l) for c, l in self.rows5]
+
+        def grid(base, need, top):
+            return sorted({v for v in list(base) + [n for n in need if n >= 1] if v <= top})
+        return dict(
+            pca={8: grid([1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 98], [b // 8 for b in row_bits], 98),
+                 32: grid([1, 2, 3, 4, 6, 8, 12, 16, 24], [b // 32 for b in row_bits], 24)},
+            downsample={8: grid(range(1, 15), [math.isqrt(b // 8) for b in row_bits], 14),
+                        1: grid([1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28], [math.isqrt(b) for b in row_bits], 28)})
 
 
-# ------------------------------------------------------------------------------------------------
-# training one architecture at all learning rates (one fused model), resumable
-# ------------------------------------------------------------------------------------------------
+def _ae_name(kind: str, size, kl: bool = False) -> str:
+    return f"ae-{kind}-{'-'.join(str(int(v)) for v in size)}" + ("-kl" if kl else "")
+
+
+def _make_model(cfg: AEConfig, groups: int):
+    if cfg.kind == "categorical":
+        c, l = cfg.size
+        return CategoricalVAE(c, l, IMAGE_SHAPE, groups=groups, tau=cfg.tau)
+    return ContinuousAE(cfg.size[0], IMAGE_SHAPE, groups=groups)
+
+
 def _train_images(n: int) -> torch.Tensor:
     return data.mnist("train").x[:n]
 
 
-def train_architecture(acfg: dict, device, cache: ResultCache, progress: bool = False) -> dict:
-    """Train one architecture at every learning rate of ``acfg["lrs"]`` as one grouped model.
+# ------------------------------------------------------------------------------------------------
+# the items
+# ------------------------------------------------------------------------------------------------
+def train_architecture(job) -> dict:
+    """Train one architecture at every learning rate of ``cfg.lrs`` as one grouped model (appendix
+    A.1: Adam, learning rates 1e-2 ... 1e-5, the best training distortion is reported).
 
-    Appendix A.1: Adam, learning rates 1e-2 ... 1e-5, the best training distortion is reported. The
-    model is checkpointed after every epoch; a call after an interruption resumes from the last
-    checkpoint. Returns ``{distortion: [G], loss: [epochs][G], curve: [epochs][G], params, seconds}``
-    where ``distortion`` is one stochastic pass over all training images, ``loss`` the mean training
-    loss per epoch and ``curve`` the distortion on the first ``curve_images`` images after each epoch.
-    """
-    key = config_key("distortion-ae", acfg)
-    hit = cache.get(key)
-    if hit is not None:
-        return hit
-    dev = torch.device(device)
-    seed = acfg["seed"]
-    x = _train_images(acfg["n_train"]).to(dev)
-    seed_everything(seed)
-    groups = len(acfg["lrs"])
-    model = _make_model(acfg, groups).to(dev)
-    lrs = torch.tensor(acfg["lrs"], dtype=torch.float32, device=dev)
+    Payload: ``distortion`` [G] (one stochastic pass over all training images), ``loss``
+    [epochs][G] (mean training loss per epoch), ``curve`` [epochs][G] (distortion on the first
+    ``curve_images`` images after each epoch, the same Gumbel noise every epoch), ``params``
+    (|theta| of one model). Resumable: a checkpoint about every 90 s (machine-local)."""
+    cfg, dev = job.cfg, job.device
+    x = _train_images(cfg.n_train).to(dev)
+    seed_everything(cfg.seed)
+    groups = len(cfg.lrs)
+    model = _make_model(cfg, groups).to(dev)
+    lrs = torch.tensor(cfg.lrs, dtype=torch.float32, device=dev)
     opt = GroupedAdam(model.parameters(), lr=lrs)
-    shuffle = generator(seed)  # CPU generator: shuffles, and the Gumbel noise when training on the CPU
-    state = dict(epoch=0, loss=[], curve=[], seconds=0.0)
-    ck = cache.get_checkpoint(key)
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        for group in opt.param_groups:  # keep the learning rates on the device (the checkpoint has them on the CPU)
-            group["lr"] = lrs
-        shuffle.set_state(ck["shuffle"])
-        if dev.type == "cuda" and ck.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ck["cuda_rng"], dev)
-        state = ck["state"]
-    sub = x[: acfg["curve_images"]]
-    clock = [time.perf_counter()]
+    shuffle = generator(cfg.seed)  # CPU generator: shuffles, and the Gumbel noise when training on the CPU
+    ck = Checkpointer(job.checkpoint_dir)
+    state = dict(epoch=0, loss=[], curve=[])
+    saved = ck.load({"shuffle": shuffle})
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        opt.set_lr(lrs)
+        state = saved["state"]
+    sub = x[: cfg.curve_images]
 
     def on_epoch_end(epoch, model, opt, losses):
         state["loss"].append([float(v) for v in losses[-1]])
-        # the same noise every epoch (a fresh generator), so the curve moves only with the weights
-        d = ae_distortion(model, sub, acfg["eval_batch"], generator(seed + 1, dev))
+        d = ae_distortion(model, sub, cfg.eval_batch, generator(cfg.seed + 1, dev))
         state["curve"].append([float(v) for v in d])
         state["epoch"] = epoch + 1
-        now = time.perf_counter()
-        state["seconds"] += now - clock[0]
-        clock[0] = now
-        cache.put_checkpoint(key, dict(model=model.state_dict(), opt=opt.state_dict(), shuffle=shuffle.get_state(),
-                                       cuda_rng=torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-                                       state=state))
+        ck.maybe_save(lambda: dict(model=model.state_dict(), opt=opt.state_dict(), state=state), {"shuffle": shuffle})
 
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if job.dep("bf16-check")["use_bf16"] else "fp32"
     prev = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = dev.type == "cuda" or prev
     try:
-        train_autoencoder(model, x, acfg["epochs"], acfg["batch_size"], lrs, shuffle,
-                          kl_weight=acfg["kl_weight"], optimizer=opt, start_epoch=state["epoch"],
-                          on_epoch_end=on_epoch_end, progress=progress, desc=_label(acfg))
+        train_autoencoder(model, x, cfg.epochs, cfg.batch_size, lrs, shuffle, kl_weight=cfg.kl_weight, optimizer=opt,
+                          start_epoch=state["epoch"], on_epoch_end=on_epoch_end, progress=job.progress,
+                          desc=cfg.label, amp_dtype=torch.bfloat16 if precision == "bf16" else None)
     finally:
         torch.backends.cudnn.benchmark = prev
-    t0 = time.perf_counter()
-    final = ae_distortion(model, x, acfg["eval_batch"], generator(seed + 2, dev))
-    result = dict(acfg, distortion=[float(v) for v in final], loss=state["loss"], curve=state["curve"],
-                  params=accounting.param_count(model, groups=groups),
-                  seconds=state["seconds"] + time.perf_counter() - t0)
-    cache.put(key, result)
-    return result
+    final = ae_distortion(model, x, cfg.eval_batch, generator(cfg.seed + 2, dev))
+    ck.done()
+    return dict(lrs=list(cfg.lrs), distortion=[float(v) for v in final], loss=state["loss"], curve=state["curve"],
+                params=accounting.param_count(model, groups=groups), precision=precision)
 
 
-def _worker(acfg: dict, device: str, cache_root: str, threads: int) -> str:
-    """Entry point of a training process (spawned): the result goes to the shared cache."""
-    torch.set_num_threads(threads)
-    train_architecture(acfg, device, ResultCache(cache_root), progress=False)
-    return _label(acfg)
+def run_bf16_check(job) -> dict:
+    """Train each row of ``cfg.rows`` twice (float32, then bf16 autocast) from the same seed and
+    shuffles; ``use_bf16`` when every distortion differs by at most ``cfg.band``."""
+    cfg, dev = job.cfg, job.device
+    x = _train_images(cfg.n_train).to(dev)
+    rows = []
+    for c, l in cfg.rows:
+        got = {}
+        for name, amp in (("fp32", None), ("bf16", torch.bfloat16)):
+            seed_everything(cfg.seed)
+            model = CategoricalVAE(c, l, IMAGE_SHAPE, groups=1).to(dev)
+            opt = GroupedAdam(model.parameters(), lr=cfg.lr)
+            train_autoencoder(model, x, cfg.epochs, cfg.batch_size, cfg.lr, generator(cfg.seed), optimizer=opt,
+                              progress=job.progress, desc=f"({c}, {l}) {name}", amp_dtype=amp)
+            got[name] = float(ae_distortion(model, x, cfg.eval_batch, generator(cfg.seed + 2, dev))[0])
+        rows.append(dict(c=c, l=l, fp32=got["fp32"], bf16=got["bf16"], diff=got["bf16"] - got["fp32"]))
+    table = pd.DataFrame(rows)
+    return {"table": table, "band": cfg.band, "use_bf16": bool((table["diff"].abs() <= cfg.band).all())}
 
 
-def _train_all(ctx, acfgs: list, workers: int) -> list:
-    """Train every architecture of ``acfgs`` (cache hits are free); with ``workers > 1`` several
-    architectures train at once in spawned processes that share the results cache."""
-    todo = [a for a in acfgs if ctx.cache.get(config_key("distortion-ae", a)) is None]
-    if workers > 1 and len(todo) > 1:
-        from tqdm import tqdm
+@needs_results
+def bf16_text(b16: pd.DataFrame) -> str:
+    """The bf16 check's conclusion, one line."""
+    use = b16.attrs.get("use_bf16")
+    return ("bf16 for the large autoencoders: yes (every distortion within the band of float32's)" if use else
+            "bf16 for the large autoencoders: no (a distortion differs by more than the band): they train in float32")
 
-        todo.sort(key=_cost, reverse=True)
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futs = [pool.submit(_worker, a, str(ctx.device), str(ctx.cache.root), 2) for a in todo]
-            for f in tqdm(as_completed(futs), total=len(futs), desc="architectures", disable=ctx.smoke):
-                f.result()
-    return [train_architecture(a, ctx.device, ctx.cache, progress=not ctx.smoke) for a in acfgs]
+
+def _bf16_loops(cfg: Bf16Config) -> list:
+    steps = 2 * len(cfg.rows) * cfg.epochs * math.ceil(cfg.n_train / cfg.batch_size)
+    return [Loop("epochs", steps, captured=True), Loop("eval", 2 * len(cfg.rows) * math.ceil(cfg.n_train / cfg.eval_batch))]
+
+
+def bf16_check(ctx) -> pd.DataFrame | Missing:
+    """The bf16 check (one row per architecture: float32 and bf16 training distortion, difference);
+    ``attrs["use_bf16"]``: whether the large autoencoders train in bf16."""
+    got, missing = collect(ctx, [f"{CHAPTER}/bf16-check"])
+    if not got:
+        return Missing(missing)
+    p = got[f"{CHAPTER}/bf16-check"]
+    df = p["table"].copy()
+    df.attrs["use_bf16"] = p["use_bf16"]
+    return df
+
+
+def _ae_loops(cfg: AEConfig) -> list:
+    steps = cfg.epochs * math.ceil(cfg.n_train / cfg.batch_size)
+    evals = cfg.epochs * math.ceil(cfg.curve_images / cfg.eval_batch) + math.ceil(cfg.n_train / cfg.eval_batch)
+    return [Loop("epochs", steps, captured=True), Loop("eval", evals)]
+
+
+def _register_ae(kind: str, size, kl: bool, smoke_rows, priority: int):
+    size = tuple(int(v) for v in size)
+    name = _ae_name(kind, size, kl)
+    large = kind == "categorical" and not kl and size[0] * size[1] // _LATENT >= BF16_FILTERS
+    base = AEConfig(kind, size, kl_weight=KL_WEIGHT if kl else 0.0, precision="auto" if large else "fp32")
+    twin_size = smoke_rows[0] if kind == "categorical" else (smoke_rows[0],)
+    in_smoke = (size in [tuple(r) for r in smoke_rows]) if kind == "categorical" else size[0] in smoke_rows
+    twin = None if in_smoke else _ae_name(kind, twin_size, kl)
+    what = {"categorical": "Table 5", "continuous": "Table 6"}[kind] + (" loss choice (BCE + KL)" if kl else "")
+    register(Item(
+        CHAPTER, name, f"{what}: {base.label} at 4 learning rates",
+        config=lambda profile, base=base: base if profile == "paper" else base.smoke(),
+        run=train_architecture, loops=_ae_loops, priority=priority, stage="beyond" if kl else "first",
+        versioned_by=twin, data=("mnist",), depends=("bf16-check",) if large else ()))
+
+
+def _register_all():
+    register(Item(CHAPTER, "bf16-check", "bf16 against float32 for the large autoencoders (2 epochs)",
+                  config=lambda p: Bf16Config() if p == "paper" else Bf16Config().smoke(), run=run_bf16_check,
+                  loops=_bf16_loops, priority=1, data=("mnist",)))
+    for i, (c, l) in enumerate(sorted(paper.TABLE5, key=lambda r: r[0] * r[1])):
+        _register_ae("categorical", (c, l), False, SMOKE_ROWS5, 10 + i)
+    for i, h in enumerate(paper.TABLE6):
+        _register_ae("continuous", (h,), False, SMOKE_ROWS6, 40 + i)
+    for i, (c, l) in enumerate(LOSS_ROWS + SMOKE_LOSS_ROWS):
+        _register_ae("categorical", (c, l), True, SMOKE_LOSS_ROWS, 60 + i)
+    register(Item(CHAPTER, "jpeg", "Figure 2: JPEG points", config=lambda p: JpegConfig() if p == "paper" else JpegConfig().smoke(),
+                  run=_run_jpeg, loops=lambda cfg: [Loop("jpeg", len(cfg.qualities))], priority=5, gpu=False,
+                  data=("mnist",)))
+    register(Item(CHAPTER, "baselines", "Beyond the paper: PCA, k-means, downsampling",
+                  config=lambda p: BaselineConfig() if p == "paper" else BaselineConfig().smoke(),
+                  run=_run_baselines, loops=_baseline_loops, priority=70, stage="beyond", data=("mnist",)))
+
+
+def _ae_keys(kind: str, rows, kl: bool = False) -> list:
+    return [f"{CHAPTER}/{_ae_name(kind, r if kind == 'categorical' else (r,), kl)}" for r in rows]
+
+
+def settings(ctx) -> pd.DataFrame:
+    """The chapter's settings at ``ctx``'s profile, one row per kind of item."""
+    prof = "paper" if not ctx.smoke else "smoke"
+    a = AEConfig("categorical", (6, 2)) if prof == "paper" else AEConfig("categorical", (6, 2)).smoke()
+    j = JpegConfig() if prof == "paper" else JpegConfig().smoke()
+    b = BaselineConfig() if prof == "paper" else BaselineConfig().smoke()
+    rows5 = list(paper.TABLE5) if prof == "paper" else list(SMOKE_ROWS5)
+    rows6 = list(paper.TABLE6) if prof == "paper" else list(SMOKE_ROWS6)
+    loss_rows = LOSS_ROWS if prof == "paper" else SMOKE_LOSS_ROWS
+    return pd.DataFrame([
+        {"experiment": "Table 5 (categorical)", "what": f"{len(rows5)} of {len(paper.TABLE5)} rows (c, l)",
+         "settings": f"{a.n_train:,} MNIST training images, {a.epochs} epochs, batch {a.batch_size}, Adam at "
+                     f"{', '.join(f'{v:.0e}' for v in a.lrs)} fused, BCE, tau {a.tau:g}, seed {a.seed}"},
+        {"experiment": "Table 6 (continuous)", "what": f"{len(rows6)} of {len(paper.TABLE6)} rows h",
+         "settings": "as Table 5, latent of 4h float32"},
+        {"experiment": "loss choice", "what": ", ".join(f"({c}, {l})" for c, l in loss_rows),
+         "settings": f"BCE against BCE + {KL_WEIGHT:g} KL to the uniform prior, as Table 5"},
+        {"experiment": "JPEG", "what": f"qualities {', '.join(map(str, j.qualities))}",
+         "settings": f"first {j.images:,} training images, header subtracted"},
+        {"experiment": "baselines (beyond the paper)", "what": "PCA, k-means, downsampling",
+         "settings": f"{b.n_train:,} training images, k-means {b.kmeans_iters} iterations, seed {b.seed}"},
+    ])
 
 
 def _results_frame(results: list, labels: list) -> pd.DataFrame:
     rows, curves = [], []
     for lab, r in zip(labels, results):
         for g, lr in enumerate(r["lrs"]):
-            rows.append(dict(lab, lr=lr, distortion=r["distortion"][g], params=r["params"], seconds=r["seconds"]))
+            rows.append(dict(lab, lr=lr, distortion=r["distortion"][g], params=r["params"]))
             for e, (lo, cu) in enumerate(zip(r["loss"], r["curve"])):
                 curves.append(dict(lab, lr=lr, epoch=e + 1, train_loss=lo[g], curve_distortion=cu[g]))
     df = pd.DataFrame(rows)
@@ -245,104 +362,89 @@ def _results_frame(results: list, labels: list) -> pd.DataFrame:
 
 
 def training_curves(df: pd.DataFrame) -> pd.DataFrame:
-    """Per-epoch curves of a :func:`run_table5` / :func:`run_table6` / :func:`run_loss_choice` result:
-    one row per (architecture, lr, epoch) with the mean ``train_loss`` and ``curve_distortion``
-    (distortion on the first ``curve_images`` training images after that epoch)."""
+    """Per-epoch curves of a :func:`table5` / :func:`table6` / :func:`loss_choice` table: one row per
+    (architecture, lr, epoch) with the mean ``train_loss`` and ``curve_distortion`` (distortion on
+    the first ``curve_images`` training images after that epoch)."""
     return df.attrs["curves"]
 
 
-# ------------------------------------------------------------------------------------------------
-# Tables 5 and 6, and the loss choice
-# ------------------------------------------------------------------------------------------------
-def _table5_labels(rows) -> list:
-    out = []
-    for c, l in rows:
-        bits = accounting.sbe_bits(c, l)
-        out.append(dict(c=c, l=l, bits=bits, capacity=accounting.capacity_bits(c, l),
-                        compression=accounting.compression_ratio(IMAGE_BITS, bits)))
-    return out
+def _frame(ctx, kind: str, rows, kl_rows=None) -> pd.DataFrame | Missing:
+    """The payloads of the architectures ``rows`` as one table (one row per architecture and lr);
+    at the paper profile, rows not yet made are left out and listed in ``attrs["missing"]``."""
+    labels, keys = [], []
+    for r in rows:
+        for kl in ([False] if kl_rows is None else [False, True]):
+            keys.append(_ae_keys(kind, [r], kl)[0])
+            if kind == "categorical":
+                c, l = r
+                bits = accounting.sbe_bits(c, l)
+                lab = dict(c=c, l=l, bits=bits, capacity=accounting.capacity_bits(c, l),
+                           compression=accounting.compression_ratio(IMAGE_BITS, bits))
+            else:
+                bits = accounting.continuous_bits(_LATENT * r)
+                lab = dict(h=r, floats=_LATENT * r, bits=bits, compression=accounting.compression_ratio(IMAGE_BITS, bits))
+            if kl_rows is not None:
+                lab = dict(c=r[0], l=r[1], loss=f"BCE + {KL_WEIGHT:g} KL" if kl else "BCE")
+            labels.append(lab)
+    got, missing = collect(ctx, keys)
+    if not got:
+        return Missing(missing)
+    present = [(lab, got[k]) for lab, k in zip(labels, keys) if k in got]
+    df = _results_frame([p for _, p in present], [lab for lab, _ in present])
+    df.attrs["missing"] = missing
+    return df
 
 
-def run_table5(ctx) -> pd.DataFrame:
+def table5(ctx) -> pd.DataFrame | Missing:
     """Table 5 / Figure 2 (categorical): one row per (c, l, lr) with the training distortion.
 
     Columns: c, l, bits (eq 1), capacity (eq 2), compression (6272 / bits), lr, distortion, params
-    (|theta| of one model), seconds (training time of the fused model), best.
-    """
-    cfg = config(ctx)
-    key_cfg = dict(train=cfg["train"], rows=cfg["table5"])
-
-    def fn():
-        acfgs = [arch_config(cfg["train"], "categorical", r) for r in cfg["table5"]]
-        results = _train_all(ctx, acfgs, cfg["workers"])
-        return _results_frame(results, _table5_labels(cfg["table5"]))
-
-    return ctx.cache.memo("distortion-table5", key_cfg, fn)
+    (|theta| of one model), best (the learning rate kept)."""
+    return _frame(ctx, "categorical", SMOKE_ROWS5 if ctx.smoke else list(paper.TABLE5))
 
 
-def run_table6(ctx) -> pd.DataFrame:
+def table6(ctx) -> pd.DataFrame | Missing:
     """Table 6 / Figure 2 (continuous): one row per (h, lr); the latent holds 4h floats of 32 bits."""
-    cfg = config(ctx)
-    key_cfg = dict(train=cfg["train"], rows=cfg["table6"])
-
-    def fn():
-        acfgs = [arch_config(cfg["train"], "continuous", h) for h in cfg["table6"]]
-        results = _train_all(ctx, acfgs, cfg["workers"])
-        labels = []
-        for h in cfg["table6"]:
-            bits = accounting.continuous_bits(_LATENT * h)
-            labels.append(dict(h=h, floats=_LATENT * h, bits=bits,
-                               compression=accounting.compression_ratio(IMAGE_BITS, bits)))
-        return _results_frame(results, labels)
-
-    return ctx.cache.memo("distortion-table6", key_cfg, fn)
+    return _frame(ctx, "continuous", SMOKE_ROWS6 if ctx.smoke else list(paper.TABLE6))
 
 
-def run_loss_choice(ctx) -> pd.DataFrame:
+def loss_choice(ctx) -> pd.DataFrame | Missing:
     """The paper names no loss: BCE alone against BCE + KL to the uniform prior (weight
-    ``kl_weight``, Jang et al. 2017), same (c, l), learning rates and epochs as Table 5.
-
-    One row per (c, l, loss, lr). The BCE runs are the Table 5 runs (shared cache entries).
-    """
-    cfg = config(ctx)
-    lc = cfg["loss_choice"]
-    key_cfg = dict(train=cfg["train"], **lc)
-
-    def fn():
-        acfgs, labels = [], []
-        for c, l in lc["rows"]:
-            for name, w in (("BCE", 0.0), (f"BCE + {lc['kl_weight']:g} KL", lc["kl_weight"])):
-                acfgs.append(arch_config(cfg["train"], "categorical", (c, l), kl_weight=w))
-                labels.append(dict(c=c, l=l, loss=name))
-        results = _train_all(ctx, acfgs, cfg["workers"])
-        return _results_frame(results, labels)
-
-    return ctx.cache.memo("distortion-loss-choice", key_cfg, fn)
+    ``KL_WEIGHT``, Jang et al. 2017), same (c, l), learning rates and epochs as Table 5.
+    One row per (c, l, loss, lr). The BCE runs are the Table 5 items."""
+    rows = SMOKE_LOSS_ROWS if ctx.smoke else LOSS_ROWS
+    return _frame(ctx, "categorical", rows, kl_rows=rows)
 
 
-def _best(df: pd.DataFrame) -> pd.DataFrame:
+def best_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a :func:`table5` / :func:`table6` / :func:`loss_choice` table at each
+    architecture's best learning rate (the lowest training distortion; appendix A.1 reports the best),
+    one row per architecture (and loss)."""
     return df[df["best"]].drop_duplicates([k for k in ("c", "l", "h", "loss") if k in df.columns])
 
 
+@needs_results
 def table5_rows(t5: pd.DataFrame) -> list:
     """Rows for ``report.compare``: Table 5 with the paper's distortion beside ours (best lr)."""
     rows = []
-    for r in _best(t5).itertuples():
+    for r in best_rows(t5).itertuples():
         rows.append({"c": r.c, "l": r.l, "bits": r.bits, "compression": round(r.compression, 3),
                      "best lr": f"{r.lr:.0e}", "paper": paper.TABLE5[(r.c, r.l)][1],
                      "ours": r.distortion, "runs": 1})
     return rows
 
 
+@needs_results
 def table6_rows(t6: pd.DataFrame) -> list:
     """Rows for ``report.compare``: Table 6 with the paper's distortion beside ours (best lr)."""
     rows = []
-    for r in _best(t6).itertuples():
+    for r in best_rows(t6).itertuples():
         rows.append({"h": r.h, "floats": r.floats, "compression": round(r.compression, 8),
                      "best lr": f"{r.lr:.0e}", "paper": paper.TABLE6[r.h][1], "ours": r.distortion, "runs": 1})
     return rows
 
 
+@needs_results
 def lr_table(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     """Training distortion at each learning rate (columns), one row per architecture."""
     keys = [k for k in ("c", "l", "h", "loss") if k in df.columns]
@@ -382,32 +484,29 @@ def compression_check() -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------
 # JPEG and the baselines beyond the paper
 # ------------------------------------------------------------------------------------------------
-def run_jpeg(ctx) -> pd.DataFrame:
+def _run_jpeg(job) -> dict:
     """Figure 2's JPEG points: Pillow at each quality on the first ``images`` MNIST training images.
 
     Bits per image = 8 x the mean entropy-coded payload (header and end marker subtracted, appendix
     A.1); compression = 6272 / bits (the ratio of the mean sizes); distortion = appendix A.1 metric.
     """
-    cfg = config(ctx)["jpeg"]
-
-    def fn():
-        x = _train_images(cfg["images"])
-        rows = []
-        for q in cfg["qualities"]:
-            res = baselines.jpeg_roundtrip(x, q)
-            bits = res.bits_per_image
-            rows.append(dict(quality=q, images=len(x), file_bytes=float(res.total_bytes.double().mean()),
-                             header_bytes=float(res.header_bytes.double().mean()),
-                             payload_bytes=float(res.payload_bytes.double().mean()), bits=bits,
-                             compression=accounting.compression_ratio(IMAGE_BITS, bits),
-                             compression_with_header=IMAGE_BITS / (8 * float(res.total_bytes.double().mean())),
-                             distortion=baselines.mean_abs_error(res.decoded, x)))
-        return pd.DataFrame(rows)
-
-    return ctx.cache.memo("distortion-jpeg", cfg, fn)
+    cfg = job.cfg
+    x = _train_images(cfg.images)
+    rows = []
+    for q in cfg.qualities:
+        tick("jpeg")
+        res = codecs.jpeg_roundtrip(x, q)
+        bits = res.bits_per_image
+        rows.append(dict(quality=q, images=len(x), file_bytes=float(res.total_bytes.double().mean()),
+                         header_bytes=float(res.header_bytes.double().mean()),
+                         payload_bytes=float(res.payload_bytes.double().mean()), bits=bits,
+                         compression=accounting.compression_ratio(IMAGE_BITS, bits),
+                         compression_with_header=IMAGE_BITS / (8 * float(res.total_bytes.double().mean())),
+                         distortion=codecs.mean_abs_error(res.decoded, x)))
+    return {"table": pd.DataFrame(rows)}
 
 
-def run_baselines(ctx) -> pd.DataFrame:
+def _run_baselines(job) -> dict:
     """Beyond the paper: classical codecs fitted and measured on the autoencoders' training images.
 
     * PCA, ``k`` components, coefficients at 8 bits (uniform quantizer over each coefficient's
@@ -418,39 +517,58 @@ def run_baselines(ctx) -> pd.DataFrame:
     One row per setting: method, setting, bits, compression, distortion, param_bits (the codec's
     one-off parameters at 32 bits per number, not counted per image).
     """
-    cfg = config(ctx)["baselines"]
+    cfg = job.cfg
+    grid = cfg.grid()
+    x = _train_images(cfg.n_train).to(job.device)
+    rows = []
 
-    def fn():
-        x = _train_images(cfg["n_train"]).to(ctx.device)
-        rows = []
+    def add(method, setting, codec):
+        ev = codecs.evaluate_codec(codec, x)
+        rows.append(dict(method=method, setting=setting, **ev, param_bits=codec.param_bits))
 
-        def add(method, setting, codec):
-            ev = baselines.evaluate_codec(codec, x)
-            rows.append(dict(method=method, setting=setting, **ev, param_bits=codec.param_bits))
-
-        basis = baselines.PCACodec.basis(x)
-        for bits, ks in sorted(cfg["pca"].items()):
-            for k in ks:
-                add(f"PCA, {bits}-bit coefficients", f"k={k}", baselines.PCACodec(k, bits).fit(x, basis))
-        gen = generator(cfg["seed"])
-        b = 1
-        while 2 ** b < len(x):
-            codec = baselines.KMeansCodec(2 ** b, iters=cfg["kmeans_iters"]).fit(x, gen)
-            add("k-means codebook", f"K=2^{b}", codec)
-            b += 1
-        for bits, sides in sorted(cfg["downsample"].items(), reverse=True):
-            for s in sides:
-                add(f"downsample, {bits}-bit pixels", f"{s}x{s}", baselines.DownsampleCodec(s, bits).fit(x))
-        return pd.DataFrame(rows)
-
-    return ctx.cache.memo("distortion-baselines", cfg, fn)
+    basis = codecs.PCACodec.basis(x)
+    for bits, ks in sorted(grid["pca"].items()):
+        for k in ks:
+            add(f"PCA, {bits}-bit coefficients", f"k={k}", codecs.PCACodec(k, bits).fit(x, basis))
+    gen = generator(cfg.seed)
+    b = 1
+    while 2 ** b < len(x):
+        codec = codecs.KMeansCodec(2 ** b, iters=cfg.kmeans_iters).fit(x, gen)
+        add("k-means codebook", f"K=2^{b}", codec)
+        b += 1
+    for bits, sides in sorted(grid["downsample"].items(), reverse=True):
+        for s_ in sides:
+            add(f"downsample, {bits}-bit pixels", f"{s_}x{s_}", codecs.DownsampleCodec(s_, bits).fit(x))
+    return {"table": pd.DataFrame(rows)}
 
 
+def _baseline_loops(cfg: BaselineConfig) -> list:
+    b = int(math.log2(max(cfg.n_train - 1, 2)))
+    codecs_ = sum(len(v) for g in cfg.grid().values() for v in g.values())
+    return [Loop("kmeans", b * cfg.kmeans_iters), Loop("codecs", codecs_)]
+
+
+def jpeg(ctx) -> pd.DataFrame | Missing:
+    """The JPEG points (one row per quality)."""
+    got, missing = collect(ctx, [f"{CHAPTER}/jpeg"])
+    return got[f"{CHAPTER}/jpeg"]["table"] if got else Missing(missing)
+
+
+def baselines(ctx) -> pd.DataFrame | Missing:
+    """The classical codecs (one row per setting; see the ``baselines`` item)."""
+    got, missing = collect(ctx, [f"{CHAPTER}/baselines"])
+    return got[f"{CHAPTER}/baselines"]["table"] if got else Missing(missing)
+
+
+_register_all()
+
+
+@needs_results
 def matched_bits(t5: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
     """Each Table 5 row (best lr) beside every baseline at matched bits per image: for each baseline
     family, the setting with the most bits not above the VAE's ``S_sbe`` (eq 1). k-means gets
     exactly ``S_sbe`` bits or nothing (``K = 2**S_sbe`` must stay below the number of images)."""
-    best = _best(t5).sort_values("bits")
+    best = best_rows(t5).sort_values("bits")
     out = []
     for r in best.itertuples():
         rec = {"c": r.c, "l": r.l, "bits": r.bits, "compression": round(r.compression, 1),
@@ -464,6 +582,27 @@ def matched_bits(t5: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
             rec[method] = float(hit["distortion"].min()) if len(hit) else np.nan
         out.append(rec)
     return pd.DataFrame(out)
+
+
+@needs_results
+def kmeans_table(base: pd.DataFrame) -> pd.DataFrame:
+    """The k-means rows of :func:`baselines`, with the size of each codebook."""
+    return base[base["method"].str.startswith("k-means")].reset_index(drop=True)
+
+
+def overview_tables(ctx) -> list:
+    """The chapter's comparisons with the paper, for the results overview (``recollect.overview``)."""
+    from .. import report
+
+    digits = {"compression": 3, "paper": 5, "ours": 5, "diff": 5}
+    cc = compression_check()
+    cc["verdict"] = np.where(cc["equal"], "agrees", "differs")
+    return [("Table 5: distortion of the categorical autoencoders",
+             report.table(report.compare(table5_rows(table5(ctx)), BAND, digits=3), digits=digits, fold_after=30)),
+            ("Table 6: distortion of the continuous autoencoders",
+             report.table(report.compare(table6_rows(table6(ctx)), BAND, digits=3), digits=digits)),
+            ("Tables 5 and 6: compression (eqs 1-2, exact)",
+             report.table(cc.drop(columns=["equal"]), digits={"paper": 3, "ours": 3}, fold_after=8))]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -512,208 +651,3 @@ def budget_search(fractions=(0.10, 0.02, 0.01), rhos=(1.0, 0.5, 0.2, 0.1), n_exa
                                 "eq 4 params": np.nan, "params share of gamma": np.nan})
                 rows.append(rec)
     return pd.DataFrame(rows)
-
-
-# ------------------------------------------------------------------------------------------------
-# claims of section 3
-# ------------------------------------------------------------------------------------------------
-def _spearman(a, b) -> float:
-    a, b = pd.Series(list(a), dtype=float), pd.Series(list(b), dtype=float)
-    return float(a.rank().corr(b.rank()))
-
-
-def claims(t5: pd.DataFrame, t6: pd.DataFrame, by_rho: pd.DataFrame, by_n: pd.DataFrame) -> list:
-    """``[(claim, holds, evidence)]`` for ``report.claims_table``; evaluated on our numbers."""
-    out = []
-    b5, b6 = _best(t5), _best(t6)
-    # 1. categorical vs continuous at equal distortion
-    factors = []
-    for r in b6.itertuples():
-        ok = b5[b5["distortion"] <= r.distortion]
-        if len(ok):
-            factors.append((r.h, ok["compression"].max() / r.compression))
-    holds = bool(factors) and all(f > 1 for _, f in factors)
-    ev = ("; ".join(f"h={h}: x{f:.1f}" for h, f in factors) if factors else
-          "no categorical model reaches the distortion of any continuous one")
-    out.append(("Categorical autoencoders compress more than continuous ones at the same average distortion "
-                "(Figure 2)", holds,
-                "best categorical compression with distortion <= the continuous model's, over its compression: " + ev))
-    # 2. distortion falls with the capacity C_ve (eq 2)
-    rs = _spearman(b5["capacity"], b5["distortion"])
-    rp = _spearman([accounting.capacity_bits(c, l) for c, l in zip(b5["c"], b5["l"])],
-                   [paper.TABLE5[(c, l)][1] for c, l in zip(b5["c"], b5["l"])])
-    out.append(("The ability to reconstruct is strongly related to the bottleneck capacity C_ve (eq 2)",
-                bool(rs <= -0.8),
-                f"Spearman rank correlation of C_ve and distortion over {len(b5)} rows: {rs:.2f} "
-                f"(paper's numbers, same rows: {rp:.2f}); 'strong' taken as <= -0.8"))
-    # 3. eq 3's approximate solution
-    ratio = by_rho["eq 3 C_ve"] / by_rho["gamma/(N rho)"]
-    out.append(("Eq 3 yields C_ve ~ gamma / (N rho)", bool(((ratio > 0.9) & (ratio <= 1.0 + 1e-9)).all()),
-                f"C_ve / (gamma / (N rho)) between {ratio.min():.3f} and {ratio.max():.3f} over {len(ratio)} budgets"))
-    # 4. diversity (rho) against capacity
-    mono = all((g.sort_values("rho")["eq 3 C_ve"].diff().dropna() <= 0).all()
-               for _, g in by_rho.groupby("budget (x image)"))
-    out.append(("Storing more examples (larger rho) leaves less capacity per example (eqs 3-4 trade-off)", mono,
-                "eq 3 capacity never rises as rho rises, at every budget"))
-    # 5. eq 4 is harsher, and the parameters' share falls as N grows
-    cap3, cap4 = by_rho["eq 3 C_ve"], by_rho["eq 4 C_ve"].fillna(0)
-    harsher = bool((cap4 <= cap3).all() and (cap4 < cap3).any())
-    out.append(("Counting the model's parameters (eq 4) is a harsher constraint than eq 3", harsher,
-                f"eq 4 capacity / eq 3 capacity between {(cap4 / cap3).min():.2f} and {(cap4 / cap3).max():.2f}"))
-    g = by_n.sort_values("N")
-    share = g["eq 4 C_ve"].fillna(0) / g["eq 3 C_ve"]
-    rising = bool((share.diff().dropna() >= 0).all())
-    out.append(("The startup cost of the model is amortised: as the number of examples N grows at a fixed rate "
-                "gamma / N, the eq 4 solution approaches eq 3's", rising and share.iloc[-1] > share.iloc[0],
-                "eq 4 / eq 3 capacity for N = " + ", ".join(f"{n:,}: {s:.3f}" for n, s in zip(g["N"], share))))
-    return out
-
-
-def training_seconds(*frames) -> float:
-    """Total training time recorded in the results (summed over the commands that built the cache)."""
-    total = 0.0
-    for df in frames:
-        keys = [k for k in ("c", "l", "h", "loss") if k in df.columns]
-        total += float(df.drop_duplicates(keys)["seconds"].sum())
-    return total
-
-
-# ------------------------------------------------------------------------------------------------
-# figures
-# ------------------------------------------------------------------------------------------------
-def _axes(ax=None, figsize=(7, 4.5)):
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
-    return ax.figure, ax
-
-
-def figure2(t5, t6, jpeg, ax=None):
-    """Figure 2 redrawn: distortion (mean L1, pixels / 255) against compression (log scale);
-    ours filled, the paper's Tables 5 and 6 hollow."""
-    fig, ax = _axes(ax)
-    b5, b6 = _best(t5), _best(t6).sort_values("compression")
-    p5 = np.array([v for v in paper.TABLE5.values()])
-    p6 = np.array([v for v in paper.TABLE6.values()])
-    ax.scatter(p5[:, 0], p5[:, 1], facecolors="none", edgecolors="C0", marker="o", label="categorical (paper)")
-    ax.scatter(p6[:, 0], p6[:, 1], facecolors="none", edgecolors="C1", marker="s", label="continuous (paper)")
-    ax.scatter(b5["compression"], b5["distortion"], color="C0", marker="o", label="categorical (ours)")
-    ax.plot(b6["compression"], b6["distortion"], color="C1", marker="s", label="continuous (ours)")
-    j = jpeg.sort_values("compression")
-    ax.plot(j["compression"], j["distortion"], color="C2", marker="^", label="JPEG (ours)")
-    for r in j.itertuples():
-        ax.annotate(f"q{r.quality}", (r.compression, r.distortion), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7, color="C2")
-    ax.set_xscale("log")
-    ax.set_xlabel("compression (raw 6,272 bits / stored bits)")
-    ax.set_ylabel("distortion (mean |x - x_hat|, pixels / 255)")
-    ax.set_title("Figure 2: distortion against compression on MNIST (training set)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    return fig
-
-
-def figure_baselines(t5, jpeg, base, ax=None):
-    """Beyond the paper: the categorical VAE among PCA, k-means and downsampling on Figure 2's axes."""
-    fig, ax = _axes(ax, figsize=(8, 5))
-    b5 = _best(t5)
-    ax.scatter(b5["compression"], b5["distortion"], color="C0", marker="o", zorder=5, label="categorical VAE (ours)")
-    j = jpeg.sort_values("compression")
-    ax.plot(j["compression"], j["distortion"], color="C2", marker="^", label="JPEG")
-    styles = {"PCA, 8-bit coefficients": ("C3", "-"), "PCA, 32-bit coefficients": ("C3", ":"),
-              "k-means codebook": ("C4", "-"), "downsample, 8-bit pixels": ("C5", "-"),
-              "downsample, 1-bit pixels": ("C5", ":")}
-    for method, grp in base.groupby("method", sort=False):
-        g = grp.sort_values("compression")
-        color, ls = styles.get(method, ("k", "-"))
-        ax.plot(g["compression"], g["distortion"], color=color, ls=ls, marker=".", ms=4, label=method)
-    km = base[base["method"].str.startswith("k-means")]
-    if len(km):
-        edge = km["compression"].min()
-        ax.axvline(edge, color="C4", lw=0.8, ls="--")
-        ax.annotate("k-means stops here\n(K must stay below N)", (edge, ax.get_ylim()[1]), fontsize=7, color="C4",
-                    ha="right", va="top", xytext=(-3, -3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("compression (raw 6,272 bits / stored bits)")
-    ax.set_ylabel("distortion (mean |x - x_hat|, pixels / 255)")
-    ax.set_title("Where the discrete VAE stands among classical codecs (bits per image)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3, which="both")
-    return fig
-
-
-def figure_curves(t5, t6):
-    """Per-epoch training loss and distortion (first ``curve_images`` images) at each architecture's
-    best learning rate: the evidence for the number of epochs."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for df, kind, cmap in ((t5, "categorical", "viridis"), (t6, "continuous", "autumn")):
-        cur = training_curves(df)
-        best = _best(df)
-        keys = ["c", "l"] if kind == "categorical" else ["h"]
-        bits = best["bits"].astype(float)
-        lo, hi = math.log(bits.min()), math.log(bits.max()) + 1e-9
-        for r in best.itertuples():
-            sel = np.logical_and.reduce([cur[k] == getattr(r, k) for k in keys] + [cur["lr"] == r.lr])
-            cc = cur[sel]
-            col = plt.get_cmap(cmap)((math.log(r.bits) - lo) / (hi - lo) * 0.85)
-            ax = axes[0] if kind == "categorical" else axes[1]
-            ax.plot(cc["epoch"], cc["train_loss"], color=col, lw=1)
-            axes[2].plot(cc["epoch"], cc["curve_distortion"], color=col, lw=1, ls="-" if kind == "categorical" else "--")
-    axes[0].set_title("categorical: training loss (BCE), best lr")
-    axes[1].set_title("continuous: training loss (BCE), best lr")
-    axes[2].set_title("distortion after each epoch\n(solid categorical, dashed continuous)")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mean BCE per pixel")
-    axes[2].set_ylabel("distortion")
-    axes[2].set_yscale("log")
-    fig.text(0.5, -0.02, "colour: bits per code (dark = few, light = many)", ha="center", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def figure_loss_choice(lc):
-    """Distortion after each epoch, BCE alone against BCE + KL, at each loss's best learning rate,
-    with the other learning rates faint."""
-    import matplotlib.pyplot as plt
-
-    cur = training_curves(lc)
-    archs = lc[["c", "l"]].drop_duplicates().values.tolist()
-    fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.6), squeeze=False)
-    best = _best(lc)
-    for ax, (c, l) in zip(axes[0], archs):
-        for i, loss in enumerate(lc["loss"].unique()):
-            sel = cur[(cur["c"] == c) & (cur["l"] == l) & (cur["loss"] == loss)]
-            blr = best[(best["c"] == c) & (best["l"] == l) & (best["loss"] == loss)]["lr"].iloc[0]
-            for lr, g in sel.groupby("lr"):
-                strong = lr == blr
-                ax.plot(g["epoch"], g["curve_distortion"], color=f"C{i}", alpha=1.0 if strong else 0.25,
-                        lw=1.6 if strong else 0.8, label=f"{loss} (lr {lr:.0e})" if strong else None)
-        ax.set_title(f"(c, l) = ({c}, {l})")
-        ax.set_xlabel("epoch")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("distortion")
-    fig.tight_layout()
-    return fig
-
-
-def figure_budget(by_rho):
-    """Eqs 3 and 4: the best capacity C_ve against rho, without and with the model's parameters."""
-    fig, ax = _axes(figsize=(6.5, 4))
-    for i, (frac, g) in enumerate(by_rho.groupby("budget (x image)", sort=False)):
-        g = g.sort_values("rho")
-        ax.plot(g["rho"], g["eq 3 C_ve"], color=f"C{i}", marker="o", label=f"eq 3, gamma/N = {frac:g} image")
-        ax.plot(g["rho"], g["eq 4 C_ve"], color=f"C{i}", marker="x", ls="--", label=f"eq 4 (with |theta|), {frac:g}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("rho (probability that an incoming example is stored)")
-    ax.set_ylabel("best capacity C_ve (bits)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, which="both")
-    return fig

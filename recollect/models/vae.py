@@ -21,7 +21,8 @@ from torch import nn
 from .. import accounting
 from ..grouped import GConv2d, GConvTranspose2d, GroupedModule, from_channels, to_channels
 
-__all__ = ["CategoricalVAE", "ContinuousAE", "gumbel_softmax_st", "conv_geometry", "vae_param_bits", "LOGIT_LIMIT"]
+__all__ = ["CategoricalVAE", "ContinuousAE", "gumbel_softmax_st", "one_hot", "conv_geometry", "vae_param_bits",
+           "LOGIT_LIMIT"]
 
 #: logits are clamped to +-LOGIT_LIMIT before sampling, so +-inf or huge logits cannot make NaN
 LOGIT_LIMIT = 1e4
@@ -38,10 +39,12 @@ def gumbel_softmax_st(logits: torch.Tensor, tau: float = 1.0, generator: torch.G
     """
     if tau <= 0:
         raise ValueError(f"the Gumbel-softmax temperature must be > 0, got {tau}")
-    logits = logits.float().clamp(-LOGIT_LIMIT, LOGIT_LIMIT)
+    if logits.dtype != torch.float64:  # half / bfloat16 (autocast) are sampled in float32; float64 stays
+        logits = logits.float()
+    logits = logits.clamp(-LOGIT_LIMIT, LOGIT_LIMIT)
     logp = F.log_softmax(logits, dim=-1)
     if sample:
-        u = torch.rand(logits.shape, generator=generator, device=logits.device)
+        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
         tiny = torch.finfo(u.dtype).tiny
         u = u.clamp_(tiny, 1.0 - torch.finfo(u.dtype).eps / 2)
         scores = logp - torch.log(-torch.log(u))
@@ -49,8 +52,16 @@ def gumbel_softmax_st(logits: torch.Tensor, tau: float = 1.0, generator: torch.G
         scores = logp
     soft = F.softmax(scores / tau, dim=-1)
     index = scores.argmax(-1)
-    hard = F.one_hot(index, logits.shape[-1]).to(soft.dtype)
+    # F.one_hot checks the index range on the host (a sync on the CPU); scatter builds the same one-hot
+    hard = torch.zeros_like(soft).scatter_(-1, index.unsqueeze(-1), 1.0)
     return hard - soft.detach() + soft, index
+
+
+def one_hot(index: torch.Tensor, l: int, dtype=torch.float32) -> torch.Tensor:
+    """One-hot ``(..., l)`` of integer codes ``(...,)`` known to lie in ``[0, l)``, built by a scatter:
+    unlike ``F.one_hot`` it reads nothing back to the host (no range check), so a captured step can
+    use it (section 4.2's codes as the decoder's input)."""
+    return torch.zeros(*index.shape, l, dtype=dtype, device=index.device).scatter_(-1, index.unsqueeze(-1).long(), 1.0)
 
 
 def conv_geometry(size: int):
@@ -144,7 +155,7 @@ class CategoricalVAE(_ConvAutoencoder):
     def decode_onehot(self, z: torch.Tensor) -> torch.Tensor:
         """One-hot (or relaxed) codes (G, B, c, l) -> reconstruction logits (G, B, C, H, W)."""
         g, b = z.shape[:2]
-        flat = z.reshape(g, b, self.c * self.l)
+        flat = z.reshape(g, b, self.c * self.l).to(self._param_dtype())
         pad = self.latent_channels * self.s3 * self.s3 - self.c * self.l
         if pad:
             flat = F.pad(flat, (0, pad))
@@ -166,8 +177,22 @@ class CategoricalVAE(_ConvAutoencoder):
         """Integer codes (G, B, c) -> recollections, float images in [0, 1] (G, B, C, H, W)."""
         if index.min() < 0 or index.max() >= self.l:
             raise ValueError(f"codes must lie in [0, {self.l}), got values in [{int(index.min())}, {int(index.max())}]")
-        z = F.one_hot(index.long(), self.l).float()
-        return torch.sigmoid(self.decode_onehot(z))
+        return self.decode_trusted(index)
+
+    def _param_dtype(self) -> torch.dtype:
+        return self.dec[0].weight.dtype
+
+    def decode_logits(self, index: torch.Tensor) -> torch.Tensor:
+        """Reconstruction logits (G, B, C, H, W) of integer codes (G, B, c) that are known to be valid
+        (e.g. read from a recollection buffer this model's encoder filled): no range check, no host
+        synchronisation; gradients flow into the decoder."""
+        return self.decode_onehot(one_hot(index, self.l, self._param_dtype()))
+
+    @torch.no_grad()
+    def decode_trusted(self, index: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode` without the range check (and so without a host synchronisation): the
+        recollections of section 4.3, images in [0, 1], of codes known to be valid."""
+        return torch.sigmoid(self.decode_logits(index))
 
 
 class ContinuousAE(_ConvAutoencoder):

@@ -12,10 +12,12 @@ __all__ = ["train_classifier"]
 
 def train_classifier(model, x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, lr,
                      generator: torch.Generator, task=None, class_mask=None, optimizer=None,
-                     start_epoch: int = 0, on_epoch_end=None, progress: bool = False, desc: str = "classifier"):
+                     start_epoch: int = 0, on_epoch_end=None, progress: bool = False, desc: str = "classifier",
+                     *, cuda_graph: bool = True, amp_dtype=None):
     """Minibatch training with Adam on shared data x (N, C, H, W) uint8, y (N,); each group shuffles
     independently. With ``task`` (N,) and ``class_mask`` (T, K) the logits are task-aware (multi-task
-    heads as masks over one output layer). Returns per-epoch mean losses, each (G,)."""
+    heads as masks over one output layer). Returns per-epoch mean losses, each (G,). ``cuda_graph`` and
+    ``amp_dtype`` as in :func:`~recollect.train.common.run_epochs`."""
     dev = next(model.parameters()).device
     opt = optimizer or GroupedAdam(model.parameters(), lr=lr)
     x, y = x.to(dev), y.to(dev)
@@ -29,4 +31,4 @@ def train_classifier(model, x: torch.Tensor, y: torch.Tensor, epochs: int, batch
         return grouped_cross_entropy(logits, y[idx])
 
     return run_epochs(model, len(x), epochs, batch_size, generator, batch_loss, opt,
-                      start_epoch, on_epoch_end, progress, desc)
+                      start_epoch, on_epoch_end, progress, desc, cuda_graph=cuda_graph, amp_dtype=amp_dtype)

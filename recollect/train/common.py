@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import torch
 
+from .capture import CapturedStep, backward_step
+from .probe import tick
+
 __all__ = ["run_epochs", "noise_generator", "group_batches", "masked_logits", "evaluate", "predict_proba", "iterate"]
 
 
@@ -48,6 +51,7 @@ def predict_proba(model, x: torch.Tensor, batch_size: int = 1000, task=None, cla
     outs = []
     dev = next(model.parameters()).device
     for sl in iterate(len(x), batch_size):
+        tick("eval")
         xb = x[sl].to(dev).unsqueeze(0).expand(g, *x[sl].shape)
         logits = model(xb)
         if class_mask is not None:
@@ -65,24 +69,40 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, ta
 
 
 def run_epochs(model, n: int, epochs: int, batch_size: int, generator: torch.Generator, batch_loss, optimizer,
-               start_epoch: int = 0, on_epoch_end=None, progress: bool = False, desc: str = "train") -> list:
-    """The epoch loop shared by the trainers: each group shuffles ``range(n)`` independently;
-    ``batch_loss(idx (G, B)) -> (G,)``; one optimizer step per batch on the summed group losses.
-    Returns per-epoch mean losses (G,) on the CPU; ``on_epoch_end(epoch, model, optimizer, losses)``
-    lets the caller checkpoint, ``start_epoch`` resume."""
+               start_epoch: int = 0, on_epoch_end=None, progress: bool = False, desc: str = "train", *,
+               cuda_graph: bool = True, amp_dtype=None, generators=()) -> list:
+    """The epoch loop shared by the trainers (the autoencoders of section 4 and Figure 2, the teachers
+    of section 5.1): each group shuffles ``range(n)`` independently; ``batch_loss(idx (G, B)) -> (G,)``;
+    one optimizer step per batch on the summed group losses. Returns per-epoch mean losses (G,) on
+    the CPU; ``on_epoch_end(epoch, model, optimizer, losses)`` lets the caller checkpoint (or assign a
+    new ``group["lr"]``: it reaches the next step), ``start_epoch`` resume.
+
+    Every full batch is one :class:`~recollect.train.capture.CapturedStep` whose input is the batch's
+    index tensor: on CUDA with ``cuda_graph=True`` a replayed CUDA graph with no host
+    synchronisation (one copy of the per-epoch losses to the host per epoch); the last, partial
+    batch runs eagerly. ``batch_loss`` must then use only device tensors and the default CUDA
+    generator or ``generators`` (explicit CUDA generators, registered with the graph).
+    ``amp_dtype`` (e.g. ``torch.bfloat16``) runs ``batch_loss`` under autocast. On the CPU the
+    arithmetic is the plain eager loop's."""
     from tqdm import tqdm
 
     dev = next(model.parameters()).device
+
+    def train_step(idx):
+        loss = batch_loss(idx).float()
+        backward_step(loss, optimizer)
+        return loss.detach()
+
+    step = CapturedStep(train_step, cuda_graph=cuda_graph, amp_dtype=amp_dtype, optimizers=[optimizer],
+                        generators=generators, device=dev, name=desc)
     losses = []
-    model.train()
     for epoch in tqdm(range(start_epoch, epochs), desc=desc, disable=not progress, leave=False):
+        model.train()  # a callback may have evaluated: the eager last batch must match the graph's mode
         total, count = torch.zeros(model.groups, device=dev), 0
         for idx in group_batches(n, model.groups, batch_size, generator, dev):
-            loss = batch_loss(idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            optimizer.step()
-            total += loss.detach() * idx.shape[1]
+            tick("epochs")
+            loss = step(idx) if idx.shape[1] == batch_size else step.eager(idx)
+            total += loss * idx.shape[1]
             count += idx.shape[1]
         losses.append((total / count).cpu())
         if on_epoch_end is not None:

@@ -28,7 +28,6 @@ arguments.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -37,12 +36,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..grouped import grouped_soft_cross_entropy, stack_groups
+from ..grouped import GroupedAdam, equal_runs, grouped_soft_cross_entropy, stack_groups
 from .autoencoder import decode_all
+from .capture import CapturedStep, backward_step
 from .common import evaluate, iterate, predict_proba
+from .probe import tick
 
 __all__ = ["Pool", "one_hot_targets", "teacher_targets", "labelled_pool", "teacher_pool", "recollection_pool",
-           "code_sampling_pool", "random_codes", "subset_pool", "RunAdam", "StudentRun", "train_students",
+           "code_sampling_pool", "random_codes", "subset_pool", "StudentRun", "train_students",
            "init_students", "hardest", "MASK_FILL"]
 
 #: finite logit given to classes outside an example's task when training task-masked students; a
@@ -182,102 +183,6 @@ def code_sampling_pool(vae: nn.Module, teacher: nn.Module, n: int, generator: to
 
 
 # --------------------------------------------------------------------------------------------
-# Adam with one learning rate per group, one fused kernel per run of equal learning rates
-# --------------------------------------------------------------------------------------------
-def _runs(values) -> list[tuple[int, int, object]]:
-    """Maximal runs ``(start, stop, value)`` of equal consecutive values."""
-    out, start = [], 0
-    for i in range(1, len(values) + 1):
-        if i == len(values) or values[i] != values[start]:
-            out.append((start, i, values[start]))
-            start = i
-    return out
-
-
-class RunAdam:
-    """Adam (as ``recollect.grouped.GroupedAdam``: no weight decay, bias-corrected) for grouped
-    parameters with one learning rate per group.
-
-    Batch-1 students are bound by the optimizer: every step reads and writes all parameters several
-    times. Here groups with equal learning rates form contiguous runs and each run is updated by
-    PyTorch's fused Adam kernel on views of the parameters (one pass over the memory instead of
-    about ten). Where that kernel is missing it falls back to the same arithmetic with plain
-    tensor operations. ``state_dict`` / ``load_state_dict`` make a run resumable.
-    """
-
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, fused: bool | None = None):
-        self.params = [p for p in params if p.requires_grad]
-        if not self.params:
-            raise ValueError("RunAdam needs at least one trainable parameter")
-        g = self.params[0].shape[0]
-        if any(p.dim() == 0 or p.shape[0] != g for p in self.params):
-            raise ValueError("every parameter needs the same leading group dimension")
-        lr = torch.as_tensor(lr, dtype=torch.float64).flatten()
-        if lr.numel() == 1:
-            lr = lr.expand(g)
-        if lr.numel() != g:
-            raise ValueError(f"lr must be a float or {g} values (one per group), got {lr.numel()}")
-        self.lr = [float(v) for v in lr]
-        self.runs = _runs(self.lr)
-        self.betas, self.eps = betas, eps
-        self.step_count = 0
-        self._steps = {}  # per run: the step count as a tensor, as the fused kernel reads it
-        self._views = {}  # per run: slices of the parameters and of the moments
-        self.m = [torch.zeros_like(p) for p in self.params]
-        self.v = [torch.zeros_like(p) for p in self.params]
-        dev = self.params[0].device
-        if fused is None:
-            fused = hasattr(torch, "_fused_adam_") and dev.type in ("cpu", "cuda")
-        self.fused = fused
-
-    def zero_grad(self):
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self):
-        self.step_count += 1
-        b1, b2 = self.betas
-        t = self.step_count
-        for a, b, lr in self.runs:
-            live = [i for i, p in enumerate(self.params) if p.grad is not None]
-            if not live:
-                continue
-            views = self._views.get((a, tuple(live)))
-            if views is None:  # parameter and state tensors keep their storage: slice them once
-                views = self._views[(a, tuple(live))] = (
-                    [self.params[i][a:b] for i in live], [self.m[i][a:b] for i in live],
-                    [self.v[i][a:b] for i in live])
-            ps, ms, vs = views
-            gs = [self.params[i].grad[a:b] for i in live]
-            if self.fused:
-                st = self._steps.get(a)
-                if st is None:
-                    st = self._steps[a] = torch.zeros((), device=ps[0].device)
-                st.fill_(float(t))  # read-only for the kernel, shared by the run's tensors
-                steps = [st] * len(ps)
-                torch._fused_adam_(ps, gs, ms, vs, [], steps, lr=lr, beta1=b1, beta2=b2, weight_decay=0.0,
-                                   eps=self.eps, amsgrad=False, maximize=False)
-            else:
-                for p, g, m, v in zip(ps, gs, ms, vs):
-                    m.lerp_(g, 1 - b1)
-                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(self.eps)
-                    p.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
-
-    def state_dict(self) -> dict:
-        return {"step": self.step_count, "m": [m.detach().cpu().clone() for m in self.m],
-                "v": [v.detach().cpu().clone() for v in self.v], "lr": list(self.lr)}
-
-    def load_state_dict(self, d: dict) -> None:
-        if list(d["lr"]) != self.lr or len(d["m"]) != len(self.m):
-            raise ValueError("optimizer state belongs to another run (learning rates or parameters differ)")
-        self.step_count = int(d["step"])
-        for dst, src in zip(self.m + self.v, list(d["m"]) + list(d["v"])):
-            dst.copy_(src)
-
-
-# --------------------------------------------------------------------------------------------
 # training many students together
 # --------------------------------------------------------------------------------------------
 @dataclass
@@ -313,6 +218,35 @@ def init_students(model_factory, seeds) -> nn.Module:
 def _sampler_generator(seed: int) -> torch.Generator:
     # distinct from the initialisation stream (torch.manual_seed(seed)), same for every pool
     return torch.Generator().manual_seed(int(seed) * 2654435761 % (2 ** 63) + 1)
+
+
+def _cpu(obj):
+    """A copy of a (nested) state dict with every tensor detached, compact and on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+def _optimizer_state(d: dict, opt, lrs: list) -> dict:
+    """The saved optimizer state of a student run, checked against the run's learning rates; a state
+    of the earlier ``RunAdam`` (keys step/m/v/lr) is converted to ``GroupedAdam``'s layout."""
+    if "state" not in d:  # RunAdam, before the one optimizer path
+        saved = [float(v) for v in d["lr"]]
+        d = {"state": {i: {"step": torch.tensor(float(d["step"])), "m": m, "v": v}
+                       for i, (m, v) in enumerate(zip(d["m"], d["v"]))},
+             "param_groups": [dict({k: v for k, v in opt.param_groups[0].items() if k != "params"},
+                                   lr=torch.tensor(saved, dtype=torch.float64), params=list(range(len(d["m"]))))]}
+    saved = torch.as_tensor(d["param_groups"][0]["lr"], dtype=torch.float64).flatten().tolist()
+    if len(saved) == 1:
+        saved = saved * len(lrs)
+    if saved != list(lrs) or len(d["state"]) > len(opt.param_groups[0]["params"]):
+        raise ValueError("optimizer state belongs to another run (learning rates or parameters differ); "
+                         "start without `state` or pass the state of this run")
+    return d
 
 
 def _as_list(v, g: int, name: str, cast):
@@ -352,7 +286,7 @@ def train_students(model_factory, pools, seeds, lrs, checkpoints, eval_sets: dic
                    checkpoint_every: int | None = None, state: dict | None = None, on_checkpoint=None,
                    max_seconds: float | None = None, eval_batch_size: int | None = None,
                    progress: bool = False, desc: str = "students", return_model: bool = False,
-                   record: bool = False) -> StudentRun:
+                   record: bool = False, *, cuda_graph: bool = True, amp_dtype=None) -> StudentRun:
     """Train ``G = len(pools)`` students as the groups of one fused model (section 5.1).
 
     ``model_factory(groups)`` builds the grouped student (e.g. ``lambda g: LeNet(10, (1, 28, 28), g)``);
@@ -366,11 +300,19 @@ def train_students(model_factory, pools, seeds, lrs, checkpoints, eval_sets: dic
     ``(x, y, task)``; the run ends at the last one.
 
     ``class_mask`` (T, K) bool makes students task-aware (pools and eval sets then carry tasks).
-    Resuming: ``on_checkpoint(state)`` is called every ``checkpoint_every`` episodes (a multiple of
-    ``chunk * batch_size``) with a CPU state dict; passing it back as ``state`` continues the run
-    exactly. ``max_seconds`` stops after the first such checkpoint past that wall time (the result
+    Resuming: ``on_checkpoint(state_fn)`` is called every ``checkpoint_every`` episodes (a multiple of
+    ``chunk * batch_size``) with a function returning the CPU state dict (called only when the caller
+    saves: a checkpoint mechanism by time skips most offers); passing that state back as ``state``
+    continues the run exactly. ``max_seconds`` stops after the first such checkpoint past that wall time (the result
     then has ``complete=False``). ``record=True`` keeps the pool index every group trained on at every
     step (``StudentRun.chosen``, (steps, G, B); for tests and diagnostics).
+
+    Speed: every step (the active choice included) is one :class:`~recollect.train.capture.CapturedStep`
+    whose input is the step's candidate indices: on CUDA with ``cuda_graph=True`` a replayed CUDA
+    graph with no host synchronisation; the draws are made on the CPU, ``chunk`` steps at a time,
+    so they stay exactly the seeded draws described above. ``amp_dtype`` (e.g. ``torch.bfloat16``)
+    runs the forward passes under autocast; on the CPU with the defaults the arithmetic is the
+    plain eager loop's.
     """
     t0 = time.perf_counter()
     dev = torch.device(device)
@@ -427,10 +369,10 @@ def train_students(model_factory, pools, seeds, lrs, checkpoints, eval_sets: dic
     model = init_students(model_factory, seeds).to(dev)
     if model.groups != G:
         raise ValueError(f"model_factory(1) must build a single model; fused {model.groups} groups for {G} pools")
-    opt = RunAdam(model.parameters(), lrs)
+    opt = GroupedAdam(model.parameters(), lr=torch.tensor(lrs, dtype=torch.float64))
     gens = [_sampler_generator(s) for s in seeds]
     kmax = max(ks)
-    active_runs = [(a, b, k) for a, b, k in _runs(ks) if k > 1]
+    active_runs = [(a, b, k) for a, b, k in equal_runs(ks) if k > 1]
     names = list(eval_sets)
     acc = torch.full((len(checkpoints), len(names), G), float("nan"))
     step = 0
@@ -438,7 +380,7 @@ def train_students(model_factory, pools, seeds, lrs, checkpoints, eval_sets: dic
         if state.get("groups") != G or state.get("checkpoints") != checkpoints:
             raise ValueError("the saved state belongs to another run (groups or checkpoints differ)")
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(_optimizer_state(state["optimizer"], opt, lrs))
         for g, s in zip(gens, state["generators"]):
             g.set_state(s)
         acc = state["accuracy"].clone()
@@ -449,7 +391,7 @@ def train_students(model_factory, pools, seeds, lrs, checkpoints, eval_sets: dic
     def get_state():
         return {"groups": G, "checkpoints": checkpoints, "step": step,
                 "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict(), "generators": [g.get_state() for g in gens],
+                "optimizer": _cpu(opt.state_dict()), "generators": [g.get_state() for g in gens],
                 "accuracy": acc.clone()}
 
     def draws(t0_, n):
@@ -474,6 +416,33 @@ def train_students(model_factory, pools, seeds, lrs, checkpoints, eval_sets: dic
             acc[i, s] = evaluate(model, ev[0], ev[1], ev_bs, task, mask).cpu()
         model.train(was)
 
+    # one step, as one CapturedStep: the active choice (student forward on the k candidates without
+    # gradients, argmax of the loss, gather), then forward, backward and Adam on the chosen examples.
+    # Its input is the step's candidate rows (G, B, kmax); it returns the chosen rows (G, B).
+    with torch.no_grad():
+        active = [(a, b, k, {**{n_: p.detach()[a:b] for n_, p in model.named_parameters()},
+                             **{n_: v[a:b] for n_, v in model.named_buffers()}}) for a, b, k in active_runs]
+
+    def student_step(cand):
+        chosen = cand[:, :, 0].clone()  # random sampling: the first draw
+        if active:
+            model.eval()
+            with torch.no_grad():
+                for a, b, k, sub in active:
+                    ci = cand[a:b, :, :k].reshape(b - a, -1)  # (A, B*k)
+                    out = torch.func.functional_call(model, sub, (X[ci],))  # (A, B*k, K)
+                    ct = None if TASK is None else TASK[ci]
+                    loss = _soft_loss(out, T[ci], ct, mask, reduction="none").view(b - a, batch_size, k)
+                    best = loss.argmax(-1, keepdim=True)  # (A, B, 1)
+                    chosen[a:b] = cand[a:b, :, :k].gather(2, best).squeeze(-1)
+            model.train()
+        logits = model(X[chosen])  # (G, B, K)
+        loss = _soft_loss(logits, T[chosen], None if TASK is None else TASK[chosen], mask)
+        backward_step(loss, opt)
+        return chosen
+
+    run_step = CapturedStep(student_step, cuda_graph=cuda_graph, amp_dtype=amp_dtype, optimizers=[opt], device=dev,
+                            name=desc)
     trace = []
     bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress, leave=False, mininterval=2)
     model.train()
@@ -482,30 +451,10 @@ def train_students(model_factory, pools, seeds, lrs, checkpoints, eval_sets: dic
         n = min(chunk - step % chunk, total_steps - step)
         idx = draws(step, n) + offset.unsqueeze(-1)  # (G, n, B, kmax) global rows
         for j in range(n):
-            cand = idx[:, j]  # (G, B, kmax)
-            chosen = cand[:, :, 0].clone()  # random sampling: the first draw
-            if active_runs:
-                model.eval()
-                with torch.no_grad():
-                    params = dict(model.named_parameters())
-                    buffers = dict(model.named_buffers())
-                    for a, b, k in active_runs:
-                        ci = cand[a:b, :, :k].reshape(b - a, -1)  # (A, B*k)
-                        sub = {n_: p[a:b] for n_, p in params.items()}
-                        sub.update({n_: v[a:b] for n_, v in buffers.items()})
-                        out = torch.func.functional_call(model, sub, (X[ci],))  # (A, B*k, K)
-                        ct = None if TASK is None else TASK[ci]
-                        loss = _soft_loss(out, T[ci], ct, mask, reduction="none").view(b - a, batch_size, k)
-                        best = loss.argmax(-1, keepdim=True)  # (A, B, 1)
-                        chosen[a:b] = cand[a:b, :, :k].gather(2, best).squeeze(-1)
-                model.train()
+            tick("students")
+            chosen = run_step(idx[:, j])
             if record:
-                trace.append((chosen - offset[:, :, 0]).cpu())
-            logits = model(X[chosen])  # (G, B, K)
-            loss = _soft_loss(logits, T[chosen], None if TASK is None else TASK[chosen], mask)
-            opt.zero_grad()
-            loss.sum().backward()
-            opt.step()
+                trace.append(chosen - offset[:, :, 0])  # on the device: no sync per step
             step += 1
             episodes = step * batch_size
             if episodes in checkpoints:
@@ -513,10 +462,10 @@ def train_students(model_factory, pools, seeds, lrs, checkpoints, eval_sets: dic
         bar.update(n)
         if checkpoint_every and (step * batch_size) % checkpoint_every == 0 and step < total_steps:
             if on_checkpoint is not None:
-                on_checkpoint(get_state())
+                on_checkpoint(get_state)
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
                 complete = False
                 break
     bar.close()
     return StudentRun(checkpoints, names, acc, step * batch_size, time.perf_counter() - t0, complete,
-                      model if return_model else None, torch.stack(trace) if trace else None)
+                      model if return_model else None, torch.stack(trace).cpu() if trace else None)

@@ -1,10 +1,12 @@
-"""The lifelong harness of section 5.2: a stream of tasks learned in order, one example at a time,
-in a single pass, by G fused models (``recollect.grouped``), with the methods the paper compares.
+"""The lifelong harness of section 5.2: a stream of tasks learned in order, in a single pass, one
+incoming example (or batch) at a time, by G fused models (``recollect.grouped``), with the methods
+the paper compares.
 
 Public API (all a chapter needs)::
 
     cfg = LifelongConfig(method="recollection", budget=10, code=(62, 2), steps=1, replay=10, lr=1e-3)
-    plan = plan_storage(cfg, stream.image_shape, stream.n_tasks, n_train_classes(stream))  # accounting
+    plan = plan_storage(cfg, stream.image_shape, stream.n_tasks, n_train_classes(stream),
+                        task_images=max_task_images)          # accounting (section 3)
     [res] = run_lifelong(stream, [cfg], seeds=[0, 1, 2], device="cuda",
                          resume=state_or_None, on_task_end=lambda t, h: save(h.state_dict()))
     res.R, res.b            # (S, T, T) task-aware accuracy matrix, (S, T) random-init accuracies
@@ -15,73 +17,63 @@ Public API (all a chapter needs)::
 the train/test split come from it: ``omniglot_tasks()``, ``cifar100_tasks("coarse")``, or any
 ``.subset(...)``). Everything else is in :class:`LifelongConfig`.
 
+**Methods** are classes registered by name (``recollect.train.methods``; :data:`METHODS`): online
+and rehearsal (``recollect.train.rehearsal``), the recollection generator with its whole cycle
+(``recollect.train.recollection``), GEM (``recollect.train.gem``) and iCaRL
+(``recollect.train.icarl``). Each owns its storage plan and its state; this module keeps the
+stream, the fusion of groups, evaluation and checkpoints.
+
 **Fusion.** ``run_lifelong(stream, cfgs, seeds)`` trains every config of ``cfgs`` for every seed
 as ONE fused reasoning model of ``G = len(cfgs) * len(seeds)`` groups (block i = config i, one group
-per seed). Online, rehearsal and recollection configs fuse when they share the reasoning model,
-optimizer, ``steps``, ``replay`` and ``train_mask`` (:func:`can_fuse`); each block keeps its own
-buffer, its own fused autoencoder (recollection) and its own random generator (seeded by its
-config and the seeds, so a block computes the same thing fused or alone). GEM and iCaRL run alone.
+per seed). Fusable methods (online, rehearsal, recollection) fuse when they share the reasoning
+model, optimizer, schedule and precision (:func:`can_fuse`); each block keeps its own buffer, its
+own fused autoencoder (recollection) and its own random generator (seeded by its config and the
+seeds, so a block computes the same thing fused or alone). GEM and iCaRL run alone.
 
-**The protocol, per incoming example** ``(x, y, t)`` (sections 4.3-4.4, 5.2):
+**The protocol, per incoming batch** of ``batch`` examples of one task (sections 4.3-4.4, 5.2; the
+paper: one example, ``batch=1``; GEM's protocol: 10): ``steps`` gradient steps (the paper's "1 or 3
+gradient descent steps per new example"), each on the incoming examples together with ``replay``
+items drawn from the block's memory (rehearsal images, recollections decoded by the frozen decoder,
+iCaRL exemplars; GEM projects the gradient instead), then the incoming examples are offered to the
+memory (reservoir sampling for rehearsal and recollections, GEM's per-task ring buffer; iCaRL herds
+its exemplars when the task ends). The methods' modules say exactly what each does. A batch that
+ends a task may be shorter (batches never cross a task boundary).
 
-1. *Recollection generator only*: the decoder is frozen (its parameters are copied into a
-   second autoencoder) right before the example arrives.
-2. ``steps`` gradient steps (the paper's "1 or 3 gradient descent steps per new example"). Each
-   step draws a fresh batch of ``replay`` items from the buffer (uniformly, with replacement) and
-   trains on the incoming example together with them; the batch always holds ``1 + replay``
-   items, and while a buffer is empty (and always for ``online``) the free places hold copies of
-   the incoming example, which gives exactly the gradient and the batch-norm normalisation of the
-   example alone (only BatchNorm's unbiased running-variance factor ``n / (n - 1)`` sees the
-   larger count):
-
-   * ``online``: the example alone;
-   * ``rehearsal``: the example plus ``replay`` lossless images of a :class:`RehearsalBuffer`;
-   * ``recollection``: the example plus ``replay`` recollections, i.e. codes of a
-     :class:`RecollectionBuffer` decoded by the *frozen* decoder (images in [0, 1]) with their
-     stored class and task. The same batch trains the reasoning model (task-masked
-     cross-entropy) and the autoencoder itself (dual purpose, section 4.3): with
-     ``ae_replay="autoencode"`` (default) the autoencoder reconstructs the whole batch (the new
-     example and each recollection is input and target, through the straight-through
-     Gumbel-softmax; BCE, ``recollect.train.autoencoder.reconstruction_loss``), which ties the
-     current autoencoder to what the frozen decoder produced; with ``ae_replay="code"`` the
-     decoder is trained to map each *stored code* to the frozen decoder's recollection (and the
-     whole autoencoder on the new example);
-   * ``gem``: the example alone, its gradient projected by GEM's QP against the gradients on
-     the episodic memories of all previous tasks (``recollect.train.gem``);
-   * ``icarl``: the example plus a distillation loss on ``replay`` exemplars
-     (``recollect.train.icarl``).
-3. The example is then offered to the buffer: reservoir sampling (section 5.2) for rehearsal
-   and recollections (the code is the autoencoder's encoding right after its update on this
-   example, i.e. "when the input was first experienced"; the mode of the categorical posterior
-   unless ``encode_sample``); GEM's per-task ring buffer; iCaRL keeps the task's examples until
-   the task ends, then herds its exemplars.
+**The step.** All the work of one incoming batch (every gradient step and the store) is one
+function of the batch's stream positions, a ``recollect.train.capture.CapturedStep``: on CUDA
+(``cuda_graph=True``) it is captured in a CUDA graph after a few eager warm-up calls and replayed
+(a new graph when a method's ``step_key`` changes: for GEM and iCaRL at every task, their shapes
+depend on the tasks seen), the stream lives on the device, and the step makes no host
+synchronisation (reservoir decisions, buffer fill counts, optimizer step counts are device tensors;
+empty replay places are filled by ``torch.where``; every random draw comes from a block's device
+generator, registered with the graph). On the CPU the same function runs eagerly. With
+``amp_dtype="bfloat16"`` the step runs under autocast (off by default; compare with float32 before
+using it for results). Every incoming batch ticks ``recollect.train.probe.tick("lifelong")`` once
+(one example per tick in the paper's protocol), every evaluation batch ``tick("eval")``, every
+iCaRL herding ``tick("herding")``.
 
 After every task (and once before the first, which gives GEM's random-initialisation vector ``b``)
 every task's test set is evaluated: task-aware accuracy (GEM's masking: argmax over the task's
-classes) and class-incremental accuracy (argmax over all ``n_classes`` outputs).
+classes) and class-incremental accuracy (argmax over all ``n_classes`` outputs; iCaRL: nearest
+mean of exemplars).
 
 **Storage** (:func:`plan_storage`): a budget of ``N`` full examples is ``N * image_bits`` bits
 (8 bits per value, section 3). Rehearsal keeps ``N`` images; the recollection generator keeps
 ``recollections_that_fit(N * image_bits, packed_bits(c, l))`` codes (``budget_kind="total"``
 also charges the autoencoder's parameters at 32 bits, Table 4's total constraint); GEM keeps
-``N // T`` images per task; iCaRL ``N`` exemplars in all. Labels and task ids (kept beside every
-stored item by every method) are not charged, as in the paper. A method that cannot run at a
-budget (GEM with fewer memories than tasks, iCaRL with fewer than classes) returns a result with
-``runnable=False`` and the reason.
-
-**Speed**: seeds (and fusable configs) run as ONE fused reasoning model and one fused
-autoencoder per recollection block, with ``groups=S`` buffers; the stream order is shared by all
-groups, initialisations (one seed per group) and all random draws (one device generator per
-block, drawing (S, ...) tensors) differ per group. Data and buffers live on the device; no
-per-step Python loop runs over groups (only over the few fused configs).
+``N // T`` images per task; iCaRL ``N`` exemplars in all, and holds the current task's examples
+until it ends (``transient_items``: ``peak_bits`` is what it really holds while a task runs).
+Labels and task ids (kept beside every stored item by every method) are not charged, as in the
+paper. A method that cannot run at a budget (GEM with fewer memories than tasks, iCaRL with fewer
+than classes) returns a result with ``runnable=False`` and the reason.
 
 **Resuming**: :meth:`LifelongHarness.state_dict` holds everything (models, optimizers, buffers,
-generator states, position in the stream, accuracy matrices so far); ``run_lifelong(resume=...)``
-continues from it, so a long run can be completed over several commands.
+generator states, position in the stream, accuracy matrices so far), copied to the host when it is
+asked for (nothing is copied otherwise); ``run_lifelong(resume=...)`` continues from it, exactly as
+an unbroken run would, so a long run can be completed over several commands.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import time
@@ -89,49 +81,77 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import accounting
-from ..buffers import RecollectionBuffer, RehearsalBuffer
-from ..codes import packed_bits
-from ..grouped import GroupedAdam, GroupedSGD, grouped_cross_entropy, stack_groups
+from .. import accounting, grouped
+from ..grouped import grouped_cross_entropy
 from ..metrics import summarize
-from ..models import CategoricalVAE, make_classifier, vae_param_bits
-from .autoencoder import reconstruction_loss
-from .common import masked_logits, noise_generator
-from .gem import GEMMemory, flat_grad, project_gradient, set_flat_grad, task_gradients
-from .icarl import ExemplarStore, distillation_loss, icarl_runnable
+from ..models import make_classifier
+from .capture import CapturedStep, autocast, backward_step
+from .common import masked_logits
+from .methods import Learner, LifelongMethod, Setting, StoragePlan, as_input, get_method, init_groups, method_names
+from .probe import tick
 
 __all__ = ["METHODS", "LifelongConfig", "StoragePlan", "LifelongResult", "LifelongHarness", "plan_storage",
-           "n_train_classes", "run_lifelong", "make_optimizer", "can_fuse", "fuse_groups"]
+           "n_train_classes", "n_updates", "run_lifelong", "make_optimizer", "can_fuse", "fuse_groups", "AMP_DTYPES",
+           "AS_PUBLISHED"]
 
-METHODS = ("online", "rehearsal", "recollection", "gem", "icarl")
+#: the registered methods (``recollect.train.methods``), in registration order
+METHODS = method_names()
+#: reduced precisions the step may run in (``LifelongConfig.amp_dtype``)
+AMP_DTYPES = {"bfloat16": torch.bfloat16}
+
+#: GEM and iCaRL as their authors ran them on incremental CIFAR-100 (issue 15): the config fields of
+#: GEM's code (Lopez-Paz & Ranzato 2017, github.com/facebookresearch/GradientEpisodicMemory):
+#: ``run_experiments.sh`` (CIFAR_100i: ``--batch_size 10 --samples_per_task 2500``, one epoch;
+#: GEM ``--lr 0.1 --n_memories 256 --memory_strength 0.5``; iCaRL ``--lr 1.0 --n_memories 1280
+#: --memory_strength 1``), ``model/gem.py`` (``optim.SGD(params, lr)``: no momentum, no weight decay;
+#: the memory strength is the QP's lower bound; a ring buffer of each task's latest examples) and
+#: ``model/icarl.py`` (SGD; one exemplar of every class of every old task per update, KL
+#: distillation on each old task's outputs; herding and class means on the network's outputs).
+#: The memory (``budget``) is the row's: 200 in all for the paper's Table 4 (GEM: 10 per task of 20).
+AS_PUBLISHED = {
+    "gem": dict(optimizer="sgd", lr=0.1, gem_margin=0.5, batch=10),
+    "icarl": dict(optimizer="sgd", lr=1.0, icarl_reg=1.0, batch=10, icarl_distill="per_class",
+                  icarl_features="logits"),
+}
+
+#: fields added after the first results, with their defaults: ``to_dict`` leaves them out while they
+#: hold the default, so configs (and cache keys, and the blocks' seeds) of earlier runs are unchanged
+_LATER_FIELDS = {"batch": 1, "amp_dtype": None, "icarl_distill": "uniform", "icarl_features": "penultimate"}
 
 
 @dataclass
 class LifelongConfig:
     """Everything that defines one lifelong run, apart from the stream and the seeds.
 
-    method: ``online`` | ``rehearsal`` | ``recollection`` | ``gem`` | ``icarl``.
+    method: one of :data:`METHODS` (``online`` | ``rehearsal`` | ``recollection`` | ``gem`` | ``icarl``).
     budget: storage budget N in full examples (0 for online).
-    steps: gradient steps per incoming example (the paper: 1 or 3).
-    replay: buffer items drawn per step (recollections, rehearsal images, iCaRL exemplars).
+    steps: gradient steps per incoming batch (the paper: 1 or 3 per example).
+    replay: buffer items drawn per step (recollections, rehearsal images, iCaRL exemplars with
+        ``icarl_distill="uniform"``).
+    batch: incoming examples per update (the paper: 1; GEM's protocol: 10). Batches never cross a
+        task boundary; a task's last batch may be shorter.
     lr, optimizer: the reasoning model's learning rate (float, or a list with one per group) and
-        optimizer (``adam`` or ``sgd``).
+        optimizer (``adam`` or ``sgd``: ``recollect.grouped``'s GroupedAdam / plain GroupedSGD).
     model, model_kwargs: ``make_classifier`` name and extra arguments (e.g. ``{"nf": 20}``).
     code: (c, l) of the recollection generator's categorical code.
-    ae_lr: the autoencoder's learning rate (Adam, or ``optimizer``).
-    ae_replay: ``autoencode`` or ``code`` (what the autoencoder is trained on; module docstring).
+    ae_lr: the autoencoder's learning rate (with the same optimizer).
+    ae_replay: ``autoencode`` or ``code`` (what the autoencoder is trained on; ``recollect.train.recollection``).
     budget_kind: ``incremental`` (codes only, section 3.1) or ``total`` (codes + autoencoder
         parameters at 32 bits, section 3.2 / Table 4).
     encode_sample: store a Gumbel sample of the code instead of its mode.
     gem_margin: GEM's ``memory_strength`` (lower bound of the dual variables; GEM used 0.5).
-    qp_iters: iteration cap of GEM's QP solver.
+    qp_iters: iterations of GEM's QP solver (fixed: the step does not synchronise to test convergence).
     icarl_reg: weight of iCaRL's distillation loss (GEM's runs used 1).
+    icarl_distill: ``uniform`` (``replay`` exemplars from the whole store) or ``per_class`` (GEM's
+        code: one exemplar of every old class per update).
+    icarl_features: ``penultimate`` (iCaRL's paper) or ``logits`` (GEM's code) for herding and
+        class means.
     train_mask: ``task`` (the loss sees only the example's task's classes, GEM's masking) or
         ``none`` (softmax over all classes).
     eval_batch: test batch size.
+    amp_dtype: None (float32) or ``"bfloat16"``: the step under autocast (compare before using it).
     """
     method: str = "online"
     budget: int = 0
@@ -147,77 +167,63 @@ class LifelongConfig:
     budget_kind: str = "incremental"
     encode_sample: bool = False
     gem_margin: float = 0.5
-    qp_iters: int = 1000
+    qp_iters: int = 100
     icarl_reg: float = 1.0
     train_mask: str = "task"
     eval_batch: int = 1000
+    batch: int = 1
+    amp_dtype: str | None = None
+    icarl_distill: str = "uniform"
+    icarl_features: str = "penultimate"
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
-        for name in ("budget", "steps", "replay", "qp_iters", "eval_batch"):
+        cls = get_method(self.method)
+        for name in ("budget", "steps", "replay", "qp_iters", "eval_batch", "batch"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        if self.steps < 1 or self.eval_batch < 1:
-            raise ValueError("steps and eval_batch must be >= 1")
-        if self.method == "online" and self.budget:
-            raise ValueError("online learning stores nothing: use budget=0")
-        if self.method != "online" and self.budget < 1:
-            raise ValueError(f"method {self.method!r} needs a storage budget >= 1 (in full examples)")
-        if self.method == "recollection":
-            if self.code is None or len(self.code) != 2:
-                raise ValueError("the recollection generator needs code=(c, l), e.g. (62, 2)")
+        for name in ("steps", "eval_batch", "batch", "qp_iters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.code is not None:
+            if len(self.code) != 2:
+                raise ValueError(f"code must be (c, l), e.g. (62, 2); got {self.code!r}")
             self.code = (int(self.code[0]), int(self.code[1]))
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.ae_replay not in ("autoencode", "code"):
-            raise ValueError(f"ae_replay must be 'autoencode' or 'code', got {self.ae_replay!r}")
-        if self.budget_kind not in ("incremental", "total"):
-            raise ValueError(f"budget_kind must be 'incremental' or 'total', got {self.budget_kind!r}")
-        if self.train_mask not in ("task", "none"):
-            raise ValueError(f"train_mask must be 'task' or 'none', got {self.train_mask!r}")
+        for name, allowed in (("optimizer", ("adam", "sgd")), ("ae_replay", ("autoencode", "code")),
+                              ("budget_kind", ("incremental", "total")), ("train_mask", ("task", "none")),
+                              ("icarl_distill", ("uniform", "per_class")),
+                              ("icarl_features", ("penultimate", "logits")),
+                              ("amp_dtype", (None, *AMP_DTYPES))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        cls.check_config(self)
 
     def to_dict(self) -> dict:
-        """JSON-like (for cache keys)."""
+        """JSON-like (for cache keys). Fields added later are left out while at their defaults."""
         d = dataclasses.asdict(self)
         d["code"] = None if self.code is None else list(self.code)
+        for k, default in _LATER_FIELDS.items():
+            if d[k] == default:
+                del d[k]
         return d
 
 
 # ------------------------------------------------------------------------------------------------
 # storage accounting
 # ------------------------------------------------------------------------------------------------
-@dataclass
-class StoragePlan:
-    """What a method stores under a budget of ``budget`` full examples (see module docstring)."""
-    method: str
-    budget: int
-    budget_bits: int
-    item: str              # "image", "code" or "-"
-    bits_per_item: int
-    capacity: int          # items stored (all tasks together)
-    fixed_bits: int        # autoencoder parameters charged to the budget (budget_kind="total")
-    runnable: bool
-    reason: str = ""
-
-    @property
-    def used_bits(self) -> int:
-        return self.capacity * self.bits_per_item + self.fixed_bits
-
-    def describe(self) -> str:
-        if not self.runnable:
-            return f"{self.method} at a budget of {self.budget}: cannot run ({self.reason})"
-        if self.capacity == 0:
-            return f"{self.method}: stores nothing"
-        extra = f" + {self.fixed_bits:,} bits of autoencoder parameters" if self.fixed_bits else ""
-        return (f"{self.method}: {self.capacity:,} {self.item}s x {self.bits_per_item:,} bits{extra} = "
-                f"{self.used_bits:,} of {self.budget_bits:,} bits")
-
-
 def n_train_classes(stream) -> int:
     """Number of distinct classes in the stream's training data (what iCaRL must cover)."""
     return len(_stream_classes(stream))
+
+
+def n_updates(task_sizes, batch: int = 1) -> int:
+    """Updates of one pass over a stream whose tasks have ``task_sizes`` training examples (a list, or a
+    ``TaskStream``), ``batch`` incoming examples per update, batches never crossing a task: the
+    number of ``tick("lifelong")`` of a run (``sum(ceil(n / batch))``; the examples when batch is 1)."""
+    sizes = [len(s) for s in task_sizes.train] if hasattr(task_sizes, "train") else [int(n) for n in task_sizes]
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
+    return sum(-(-n // batch) for n in sizes)
 
 
 def _stream_classes(stream) -> list[int]:
@@ -227,41 +233,16 @@ def _stream_classes(stream) -> list[int]:
     return out
 
 
-def plan_storage(cfg: LifelongConfig, image_shape, n_tasks: int, n_classes_seen: int | None = None) -> StoragePlan:
-    """The storage of ``cfg`` on a stream of ``n_tasks`` tasks of images ``image_shape``.
+def plan_storage(cfg: LifelongConfig, image_shape, n_tasks: int, n_classes_seen: int | None = None, *,
+                 task_images: int | None = None) -> StoragePlan:
+    """The storage of ``cfg`` on a stream of ``n_tasks`` tasks of images ``image_shape`` (section 3).
 
-    ``n_classes_seen`` (the classes in the training stream) decides whether iCaRL can run.
+    ``n_classes_seen`` (the classes in the training stream) decides whether iCaRL can run;
+    ``task_images`` (the largest task's training examples) is what iCaRL holds while a task runs
+    (``transient_items``; without it only the incoming batch is counted).
     """
     img = accounting.image_bits(tuple(image_shape))
-    N = cfg.budget
-    budget_bits = N * img
-    m = cfg.method
-    if m == "online":
-        return StoragePlan(m, 0, 0, "-", 0, 0, 0, True)
-    if m == "rehearsal":
-        return StoragePlan(m, N, budget_bits, "image", img, N, 0, True)
-    if m == "recollection":
-        c, l = cfg.code
-        bits = packed_bits(c, l)
-        fixed = 0
-        if cfg.budget_kind == "total":
-            fixed = vae_param_bits(c, l, tuple(image_shape))
-        try:
-            cap = accounting.recollections_that_fit(budget_bits, bits, fixed)
-        except ValueError as e:
-            return StoragePlan(m, N, budget_bits, "code", bits, 0, fixed, False, str(e))
-        return StoragePlan(m, N, budget_bits, "code", bits, cap, fixed, cap >= 1,
-                           "" if cap >= 1 else "not one code fits the budget")
-    if m == "gem":
-        per = N // n_tasks
-        if per < 1:
-            return StoragePlan(m, N, budget_bits, "image", img, 0, 0, False,
-                               f"GEM keeps budget // tasks = {N} // {n_tasks} = 0 memories per task: "
-                               f"fewer memories ({N}) than tasks ({n_tasks})")
-        return StoragePlan(m, N, budget_bits, "image", img, per * n_tasks, 0, True)
-    # icarl
-    ok, reason = icarl_runnable(N, n_classes_seen if n_classes_seen is not None else 0)
-    return StoragePlan(m, N, budget_bits, "image", img, N if ok else 0, 0, ok, reason)
+    return get_method(cfg.method).plan(cfg, img, tuple(image_shape), int(n_tasks), n_classes_seen, task_images)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,28 +327,9 @@ class LifelongResult:
 # ------------------------------------------------------------------------------------------------
 def make_optimizer(params, name: str, lr):
     """Adam or SGD for fused parameters (both act elementwise, so on fused parameters they are exactly
-    G separate optimizers). On a GPU with one learning rate for all groups: torch's fused Adam /
-    foreach SGD (few kernel launches per step); otherwise ``recollect.grouped``'s GroupedAdam /
-    GroupedSGD (a learning rate per group; on the CPU this also avoids the seconds-long import that
-    torch's optimizers trigger on first use)."""
-    params = list(params)
-    per_group = isinstance(lr, (list, tuple)) or (isinstance(lr, torch.Tensor) and lr.dim() > 0)
-    if not per_group and params and params[0].is_cuda:
-        if name == "adam":
-            return torch.optim.Adam(params, lr=float(lr), fused=True)
-        return torch.optim.SGD(params, lr=float(lr), foreach=True)
-    lr = torch.as_tensor(lr, dtype=torch.float32) if per_group else float(lr)
-    return GroupedAdam(params, lr=lr) if name == "adam" else GroupedSGD(params, lr=lr)
-
-
-def _init_groups(build, seeds):
-    """One model per seed (initialised under that seed, without touching the global RNG), fused."""
-    models = []
-    for s in seeds:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(s))
-            models.append(build())
-    return models[0] if len(models) == 1 else stack_groups(models)
+    G separate optimizers): ``recollect.grouped.make_optimizer``, the one multi-tensor, capturable
+    optimizer path with a learning rate per group (a float or a list / tensor with one per group)."""
+    return grouped.make_optimizer(params, name, lr)
 
 
 def _block_seed(seeds, cfg: LifelongConfig) -> int:
@@ -376,12 +338,13 @@ def _block_seed(seeds, cfg: LifelongConfig) -> int:
     return int(hashlib.sha256(blob).hexdigest()[:15], 16)
 
 
-_FUSE_KEYS = ("model", "model_kwargs", "optimizer", "steps", "replay", "train_mask", "eval_batch")
+_FUSE_KEYS = ("model", "model_kwargs", "optimizer", "steps", "replay", "train_mask", "eval_batch", "batch", "amp_dtype")
 
 
 def can_fuse(a: LifelongConfig, b: LifelongConfig) -> bool:
-    """Whether two configs can share one fused reasoning model (same architecture and schedule)."""
-    if a.method in ("gem", "icarl") or b.method in ("gem", "icarl"):
+    """Whether two configs can share one fused reasoning model (fusable methods, same architecture,
+    schedule and precision, scalar learning rates)."""
+    if not (get_method(a.method).fusable and get_method(b.method).fusable):
         return False
     return all(getattr(a, k) == getattr(b, k) for k in _FUSE_KEYS) and \
         isinstance(a.lr, (int, float)) and isinstance(b.lr, (int, float))
@@ -405,118 +368,39 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _fast_get(buf, idx):
-    """Items, labels and tasks at slots ``idx`` (G, n) drawn by ``buf.sample_indices``.
+def _host_copy(obj):
+    """A copy of a (nested) state dict with every tensor copied to the host: nothing aliases the live
+    state, and nothing is copied on the device (the fused model can be gigabytes on a GPU)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
 
-    ``buf.get`` validates the indices with a host synchronisation per call; indices drawn by
-    ``sample_indices`` are valid by construction, so the stored rows are read directly."""
-    return buf._read_rows(idx), buf.y.gather(1, idx), buf.task.gather(1, idx)
+
+_UNSET = object()
 
 
 # ------------------------------------------------------------------------------------------------
 # the harness
 # ------------------------------------------------------------------------------------------------
-class _Block:
-    """One config of a fused run: groups ``lo .. hi - 1`` of the reasoning model (one per seed), its
-    buffer, its fused autoencoder and frozen decoder (recollection), and its generator."""
-
-    def __init__(self, cfg: LifelongConfig, plan: StoragePlan, lo: int, seeds, harness, ae_init):
-        self.cfg, self.plan, self.lo = cfg, plan, lo
-        self.S = S = len(seeds)
-        self.hi = lo + S
-        dev = harness.device
-        self.gen = torch.Generator(device=dev).manual_seed(_block_seed(seeds, cfg))
-        self.buffer = self.vae = self.frozen = self.ae_opt = None
-        if cfg.method == "rehearsal":
-            self.buffer = RehearsalBuffer(plan.capacity, harness.image_shape, groups=S, device=dev)
-        elif cfg.method == "recollection":
-            c, l = cfg.code
-            self.vae = harness._build_vae(c, l, ae_init).to(dev)
-            self.vae.train()
-            self.frozen = copy.deepcopy(self.vae)
-            for p in self.frozen.parameters():
-                p.requires_grad_(False)
-            self._dec = list(self.vae.dec.parameters())
-            self._frozen_dec = list(self.frozen.dec.parameters())
-            self.ae_opt = make_optimizer(self.vae.parameters(), cfg.optimizer, cfg.ae_lr)
-            self.buffer = RecollectionBuffer(plan.capacity, c, l, groups=S, device=dev,
-                                             n_classes=harness.n_classes, n_tasks=harness.T)
-
-    def freeze_decoder(self) -> None:
-        """Section 4.3: freeze the decoder right before each incoming experience."""
-        if self.vae is not None:
-            with torch.no_grad():
-                torch._foreach_copy_(self._frozen_dec, self._dec)
-
-    def batch(self, xf, yn, tn):
-        """The block's training batch ``(x (S, 1 + k, C, H, W) float, y, task, codes, recollections)``:
-        the new example first, then ``k = replay`` buffer items, or copies of the example while there
-        is nothing to replay (module docstring)."""
-        k = self.cfg.replay
-        buf = self.buffer
-        if buf is None or k == 0 or len(buf) == 0:
-            if k == 0:
-                return xf, yn, tn, None, None
-            B = 1 + k
-            return (xf.expand(self.S, B, *xf.shape[2:]), yn.expand(self.S, B), tn.expand(self.S, B), None, None)
-        idx = buf.sample_indices(k, self.gen)
-        items, ys, ts = _fast_get(buf, idx)
-        codes = None
-        if self.cfg.method == "rehearsal":
-            xr = items.float() / 255.0
-        else:
-            codes = items
-            with torch.no_grad():
-                xr = torch.sigmoid(self.frozen.decode_onehot(F.one_hot(codes, self.cfg.code[1]).float()))
-        return torch.cat([xf, xr], 1), torch.cat([yn, ys], 1), torch.cat([tn, ts], 1), codes, xr
-
-    def ae_loss(self, xb, xf, codes, xr) -> torch.Tensor:
-        """The autoencoder's loss (S,) on the block's batch (dual purpose, section 4.3)."""
-        noise = noise_generator(self.gen, xb.device)
-        if self.cfg.ae_replay == "autoencode" or codes is None:
-            return reconstruction_loss(self.vae, xb, noise)
-        new = reconstruction_loss(self.vae, xf, noise)
-        logits = self.vae.decode_onehot(F.one_hot(codes, self.cfg.code[1]).float())
-        rl = F.binary_cross_entropy_with_logits(logits, xr, reduction="none").flatten(2).mean(-1)  # (S, k)
-        return (new + rl.sum(1)) / (1 + rl.shape[1])
-
-    def store(self, xn, xf, yn, tn) -> None:
-        """Offer the incoming example to the buffer (reservoir sampling, section 5.2)."""
-        if self.cfg.method == "rehearsal":
-            self.buffer.add(xn, yn, tn, self.gen)
-        elif self.cfg.method == "recollection":
-            codes = self.vae.encode(xf, noise_generator(self.gen, xf.device), sample=self.cfg.encode_sample)
-            self.buffer.add(codes, yn, tn, self.gen)
-
-    def state_dict(self) -> dict:
-        d = {"gen": self.gen.get_state()}
-        if self.buffer is not None:
-            d["buffer"] = self.buffer.state_dict()
-        if self.vae is not None:
-            d.update(vae=self.vae.state_dict(), ae_opt=self.ae_opt.state_dict())
-        return d
-
-    def load_state_dict(self, d: dict) -> None:
-        self.gen.set_state(d["gen"])
-        if self.buffer is not None:
-            self.buffer.load_state_dict(d["buffer"])
-        if self.vae is not None:
-            self.vae.load_state_dict(d["vae"])
-            self.ae_opt.load_state_dict(d["ae_opt"])
-
-
 class LifelongHarness:
     """One fused run of the configs ``cfgs`` on ``stream`` for ``seeds`` (module docstring).
 
     ``cfgs`` is one :class:`LifelongConfig` or a list of fusable ones (:func:`can_fuse`); group
     ``i * S + s`` of the reasoning model is config i with seed ``seeds[s]`` (``S = len(seeds)``;
-    configs that cannot run at their budget get no groups). ``ae_init``: a state dict of a
+    configs that cannot run at their budget get no groups). ``blocks`` holds one method instance
+    per runnable config (``recollect.train.methods``). ``ae_init``: a state dict of a
     ``CategoricalVAE`` with the config's ``code`` (one group, copied to every seed, or one group per
     seed), or a list with one such dict (or None) per config, to start the recollection generator
     from a pretrained autoencoder (section 5.2, Table 4: an autoencoder learned on CIFAR-10).
+    ``cuda_graph``: replay each incoming batch's step from a CUDA graph on CUDA (module docstring).
+    The models take the default dtype when built (float32; float64 for the exactness tests).
     """
 
-    def __init__(self, stream, cfgs, seeds, device="cpu", ae_init=None):
+    def __init__(self, stream, cfgs, seeds, device="cpu", ae_init=None, *, cuda_graph: bool = True):
         cfgs = [cfgs] if isinstance(cfgs, LifelongConfig) else list(cfgs)
         if not cfgs:
             raise ValueError("give at least one LifelongConfig")
@@ -530,161 +414,143 @@ class LifelongHarness:
         self.seeds = [int(s) for s in seeds]
         if not self.seeds:
             raise ValueError("seeds must hold at least one seed")
-        S = len(self.seeds)
+        self.S = S = len(self.seeds)
         self.device = dev = torch.device(device)
+        self.cuda_graph = bool(cuda_graph)
         self.T = T = stream.n_tasks
         self.image_shape = tuple(stream.image_shape)
         self.n_classes = stream.n_classes
         classes = _stream_classes(stream)
-        self.plans = [plan_storage(c, self.image_shape, T, len(classes)) for c in cfgs]
-        self.family = cfg.method if cfg.method in ("gem", "icarl") else "replay"
+        sizes = [len(s) for s in stream.train]
+        self.plans = [plan_storage(c, self.image_shape, T, len(classes), task_images=max(sizes)) for c in cfgs]
         live = [i for i, p in enumerate(self.plans) if p.runnable]
         self.block_of = {i: j for j, i in enumerate(live)}
         self.G = G = S * len(live)
         self.acc = torch.full((G, T + 1, T), float("nan"))
         self.acc_ci = torch.full((G, T + 1, T), float("nan"))
         self.next_task, self.seconds, self.n_steps, self.evaluated_init = 0, 0.0, 0, False
-        self.blocks: list[_Block] = []
-        self.memory = self.store = None
+        self.blocks: list[LifelongMethod] = []
+        self._step, self._step_key, self._task = None, _UNSET, None
         if not live:
             return
         self.masks = torch.stack([stream.class_mask(t) for t in range(T)]).to(dev)
         self.train_mask = self.masks if cfg.train_mask == "task" else None
-        self.train = [(s.x.to(dev), s.y.to(dev)) for s in stream.train]
+        # the stream, on the device: one step reads its incoming batch by position
+        self.X = torch.cat([s.x for s in stream.train]).to(dev)
+        self.Y = torch.cat([s.y for s in stream.train]).to(dev)
+        self.TK = torch.cat([torch.full((n,), t, dtype=torch.long) for t, n in enumerate(sizes)]).to(dev)
+        self.offsets = [0]
+        for n in sizes:
+            self.offsets.append(self.offsets[-1] + n)
+        self.positions = torch.arange(self.offsets[-1], device=dev)
+        self.train = [(self.X[a:b], self.Y[a:b]) for a, b in zip(self.offsets[:-1], self.offsets[1:])]
         self.test_x = torch.cat([s.x for s in stream.test]).to(dev)
         self.test_y = torch.cat([s.y for s in stream.test]).to(dev)
         self.test_t = torch.cat([torch.full((len(s),), t, dtype=torch.long) for t, s in enumerate(stream.test)]).to(dev)
-        self.test_count = torch.bincount(self.test_t, minlength=T).float().to(dev)
+        self.test_count = torch.bincount(self.test_t, minlength=T).to(dev, torch.float64)
         build = lambda: make_classifier(cfg.model, self.n_classes, self.image_shape, groups=1,  # noqa: E731
                                         **cfg.model_kwargs)
-        self.model = _init_groups(build, self.seeds * len(live)).to(dev)
+        self.model = init_groups(build, self.seeds * len(live)).to(dev)
         self.model.train()
-        lrs = [float(cfgs[i].lr) for i in live] if self.family == "replay" else None
-        if lrs is not None and len(set(lrs)) > 1:
-            lr = [v for v in lrs for _ in range(S)]
-        else:
-            lr = cfg.lr
+        self.dtype = next(self.model.parameters()).dtype
+        lrs = [float(cfgs[i].lr) for i in live]
+        lr = [v for v in lrs for _ in range(S)] if len(set(lrs)) > 1 else cfg.lr
         self.opt = make_optimizer(self.model.parameters(), cfg.optimizer, lr)
+        self.amp = AMP_DTYPES.get(cfg.amp_dtype)
+        self.setting = Setting(dev, self.seeds, self.image_shape, self.n_classes, T, classes,
+                               [torch.unique(s.y).tolist() for s in stream.train], sizes, self.masks,
+                               self.train_mask, cfg.eval_batch)
+        self.learner = Learner(self.model, self.opt, self.dtype, cfg.steps)
         inits = ae_init if isinstance(ae_init, (list, tuple)) else [ae_init] * len(cfgs)
         for j, i in enumerate(live):
-            self.blocks.append(_Block(cfgs[i], self.plans[i], j * S, self.seeds, self, inits[i]))
-        if self.family == "gem":
-            self.memory = GEMMemory(T, cfg.budget // T, self.image_shape, device=dev)
-            self._params = list(self.model.parameters())
-        elif self.family == "icarl":
-            first = len(torch.unique(stream.train[0].y))
-            self.store = ExemplarStore(cfg.budget, classes, first, self.image_shape, self.n_classes, S, device=dev)
-            self._valid_flat = torch.zeros(0, dtype=torch.long, device=dev)
+            gen = torch.Generator(device=dev).manual_seed(_block_seed(self.seeds, cfgs[i]))
+            method = get_method(cfgs[i].method)
+            self.blocks.append(method(cfgs[i], self.plans[i], self.setting, self.learner, j * S, gen, inits[i]))
+        self.fused = self.blocks[0].fusable
+        self._own_opts = [o for b in self.blocks for o in b.optimizers()]
 
     @property
     def runnable(self) -> bool:
         return bool(self.blocks)
 
-    def _build_vae(self, c, l, ae_init):
-        build = lambda: CategoricalVAE(c, l, self.image_shape, groups=1)  # noqa: E731
-        S = len(self.seeds)
-        if ae_init is None:
-            return _init_groups(build, self.seeds)
-        lead = next(v for v in ae_init.values() if isinstance(v, torch.Tensor)).shape[0]
-        if lead == S:
-            vae = CategoricalVAE(c, l, self.image_shape, groups=S)
-            vae.load_state_dict(ae_init)
-            return vae
-        if lead != 1:
-            raise ValueError(f"ae_init holds {lead} groups; give one group (copied to all) or one per seed ({S})")
-        one = build()
-        one.load_state_dict(ae_init)
-        return one if S == 1 else stack_groups([one] * S)
-
-    # ------------------------------------------------------------------ one incoming example
-    def _step_replay(self, xf, yn, tn):
-        parts = [b.batch(xf, yn, tn) for b in self.blocks]
-        if len(parts) == 1:
-            xb, yb, tb = parts[0][:3]
-        else:
-            xb, yb, tb = (torch.cat([p[i] for p in parts], 0) for i in range(3))
-        logits = self.model(xb)
-        if self.train_mask is not None:
-            logits = masked_logits(logits, tb, self.train_mask)
-        loss = grouped_cross_entropy(logits, yb).sum()
-        for b, p in zip(self.blocks, parts):
-            if b.vae is not None:
-                loss = loss + b.ae_loss(p[0], xf, p[3], p[4]).sum()
-                b.ae_opt.zero_grad(set_to_none=True)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+    # ------------------------------------------------------------------ one incoming batch
+    def _learn(self, x: torch.Tensor, y: torch.Tensor, task: torch.Tensor) -> None:
+        """Every gradient step of one incoming batch (``x`` ``(B, C, H, W)`` uint8, ``y``, ``task``
+        ``(B,)``) and its store, for every block: no host synchronisation, no Python state changed."""
+        if not self.fused:
+            self.blocks[0].observe(x, y, task)
+            return
+        S, B = self.S, y.shape[0]
+        xs = x.unsqueeze(0).expand(S, *x.shape)
+        xf = as_input(xs, self.dtype)
+        ys, ts = y.unsqueeze(0).expand(S, B), task.unsqueeze(0).expand(S, B)
         for b in self.blocks:
-            if b.ae_opt is not None:
-                b.ae_opt.step()
-
-    def _step_gem(self, xf, yn, tn, t):
-        logits = self.model(xf)
-        if self.train_mask is not None:
-            logits = masked_logits(logits, tn, self.train_mask)
-        self.opt.zero_grad(set_to_none=True)
-        grouped_cross_entropy(logits, yn).sum().backward()
-        if t > 0:
-            mx, my, mt = self.memory.tasks_before(t)
-            M = task_gradients(self.model, mx, my, mt, self.train_mask)
-            g, _ = project_gradient(flat_grad(self._params), M, self.cfg.gem_margin, iters=self.cfg.qp_iters)
-            set_flat_grad(self._params, g)
-        self.opt.step()
-
-    def _step_icarl(self, xf, yn, tn):
-        k = self.cfg.replay
-        use = k > 0 and len(self._valid_flat) > 0 and self.cfg.icarl_reg > 0
-        if use:
-            xs, tg, ts = self.store.sample(k, self.blocks[0].gen, self._valid_flat)
-            xb = torch.cat([xf, xs.float() / 255.0], 1)
-        else:
-            xb = xf
-        logits = self.model(xb)
-        new = logits[:, :1]
-        if self.train_mask is not None:
-            new = masked_logits(new, tn, self.train_mask)
-        loss = grouped_cross_entropy(new, yn)
-        if use:
-            loss = loss + self.cfg.icarl_reg * distillation_loss(logits[:, 1:], tg, ts, self.train_mask)
-        self.opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        self.opt.step()
-
-    def observe(self, x1: torch.Tensor, y1: torch.Tensor, t: int, tn: torch.Tensor | None = None) -> None:
-        """Learn one incoming example: x1 ``(1, C, H, W)`` uint8, y1 ``(1,)``, task t (module docstring).
-        ``tn`` is t as an ``(S, 1)`` long tensor on the device (made here when not given)."""
-        S = len(self.seeds)
-        xn = x1.unsqueeze(0).expand(S, *x1.shape)
-        xf = xn.float() / 255.0
-        yn = y1.unsqueeze(0).expand(S, 1)
-        if tn is None:
-            tn = torch.full((S, 1), t, dtype=torch.long, device=self.device)
-        for b in self.blocks:
-            b.freeze_decoder()
+            b.prepare(xs, xf, ys, ts)
         for _ in range(self.cfg.steps):
-            if self.family == "gem":
-                self._step_gem(xf, yn, tn, t)
-            elif self.family == "icarl":
-                self._step_icarl(xf, yn, tn)
+            parts = [b.replay_batch(xf, ys, ts) for b in self.blocks]
+            if len(parts) == 1:
+                xb, yb, tb = parts[0].x, parts[0].y, parts[0].task
             else:
-                self._step_replay(xf, yn, tn)
-            self.n_steps += 1
+                xb, yb, tb = (torch.cat([getattr(p, k) for p in parts], 0) for k in ("x", "y", "task"))
+            logits = self.model(xb)
+            if self.train_mask is not None:
+                logits = masked_logits(logits, tb, self.train_mask)
+            loss = grouped_cross_entropy(logits, yb).sum()
+            for b, p in zip(self.blocks, parts):
+                own = b.own_loss(p, xf)
+                if own is not None:
+                    loss = loss + own.sum()
+            backward_step(loss, self.opt, *self._own_opts)
         for b in self.blocks:
-            b.store(xn, xf, yn, tn)
-        if self.memory is not None:
-            self.memory.add(t, x1[0], y1[0])
+            b.store(xs, xf, ys, ts)
+
+    def _step_fn(self, idx: torch.Tensor) -> None:
+        self._learn(self.X[idx], self.Y[idx], self.TK[idx])
+
+    def begin_task(self, t: int) -> CapturedStep:
+        """Start task ``t`` (every block's ``begin_task``) and return the step of its incoming batches: a
+        :class:`~recollect.train.capture.CapturedStep` of their stream positions ``(batch,)`` (a slice
+        of ``positions``; the task's last, shorter batch goes through ``.eager``). A new step (and on
+        CUDA a new graph) when a block's ``step_key`` changed."""
+        for b in self.blocks:
+            b.begin_task(t)
+        self._task = t
+        key = tuple(b.step_key() for b in self.blocks)
+        if key != self._step_key:
+            self._step = CapturedStep(self._step_fn, cuda_graph=self.cuda_graph, amp_dtype=self.amp,
+                                      optimizers=[self.opt, *self._own_opts],
+                                      generators=[g for b in self.blocks for g in b.generators()],
+                                      device=self.device, name="lifelong")
+            self._step_key = key
+        return self._step
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor, t: int) -> None:
+        """Learn one incoming batch of task ``t`` eagerly (x ``(B, C, H, W)`` uint8, y ``(B,)``): the
+        same work as a step of :meth:`learn_task`, for tests and notebooks."""
+        if self._task != t:
+            self.begin_task(t)
+        x, y = x.to(self.device), y.to(self.device)
+        with autocast(self.device.type, self.amp):
+            self._learn(x, y, torch.full((len(y),), t, dtype=torch.long, device=self.device))
+        self.n_steps += self.cfg.steps
 
     def learn_task(self, t: int, bar=None) -> None:
-        """Stream task t's training examples, in order, one at a time."""
+        """Stream task t's training examples, in order, ``batch`` at a time, then end the task."""
+        step = self.begin_task(t)
+        lo, hi, B = self.offsets[t], self.offsets[t + 1], self.cfg.batch
+        for s in range(lo, hi, B):
+            tick("lifelong")
+            idx = self.positions[s:min(s + B, hi)]
+            if idx.shape[0] == B:
+                step(idx)
+            else:
+                step.eager(idx)
+            self.n_steps += self.cfg.steps
         x, y = self.train[t]
-        tn = torch.full((len(self.seeds), 1), t, dtype=torch.long, device=self.device)
-        for i in range(len(x)):
-            self.observe(x[i:i + 1], y[i:i + 1], t, tn)
-        if self.store is not None:
-            self.store.update(self.model, x, y, t, self.cfg.eval_batch)
-            self._valid_flat = self.store.valid.flatten().nonzero().squeeze(1)
+        for b in self.blocks:
+            b.end_task(t, x, y)
         if bar is not None:
-            bar.update(len(x))
+            bar.update(hi - lo)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -693,29 +559,23 @@ class LifelongHarness:
         G, T = self.G, self.T
         was = self.model.training
         self.model.eval()
-        hit_ta = torch.zeros(G, T, device=self.device)
-        hit_ci = torch.zeros(G, T, device=self.device)
-        nme = self.store is not None and len(self._valid_flat) > 0
-        if nme:
-            task_has = (self.masks & self.store.class_has_exemplars()).any(-1)  # (T,)
+        hit_ta = torch.zeros(G, T, device=self.device, dtype=torch.float64)
+        hit_ci = torch.zeros(G, T, device=self.device, dtype=torch.float64)
+        feats = any(b.needs_features for b in self.blocks)
         for s in range(0, len(self.test_x), self.cfg.eval_batch):
+            tick("eval")
             xb = self.test_x[s:s + self.cfg.eval_batch]
             yb, tb = self.test_y[s:s + len(xb)], self.test_t[s:s + len(xb)]
-            inp = xb.unsqueeze(0).expand(G, *xb.shape)
-            if nme:
-                logits, fe = self.model(inp, return_features=True)
-            else:
-                logits = self.model(inp)
-            p_ci = logits.argmax(-1)
-            p_ta = masked_logits(logits, tb, self.masks).argmax(-1)
-            if nme:
-                sc = self.store.nme_scores(fe)
-                p_ci = sc.argmax(-1)
-                p_ta = torch.where(task_has[tb].unsqueeze(0), masked_logits(sc, tb, self.masks).argmax(-1), p_ta)
-            hit_ta.index_add_(1, tb, (p_ta == yb).float())
-            hit_ci.index_add_(1, tb, (p_ci == yb).float())
+            inp = as_input(xb, self.dtype).unsqueeze(0).expand(G, *xb.shape)
+            logits, fe = self.model(inp, return_features=True) if feats else (self.model(inp), None)
+            preds = [b.predict(logits[b.lo:b.hi], None if fe is None else fe[b.lo:b.hi], tb, self.masks)
+                     for b in self.blocks]
+            p_ta = torch.cat([p[0] for p in preds], 0)
+            p_ci = torch.cat([p[1] for p in preds], 0)
+            hit_ta.index_add_(1, tb, (p_ta == yb).to(hit_ta.dtype))
+            hit_ci.index_add_(1, tb, (p_ci == yb).to(hit_ci.dtype))
         self.model.train(was)
-        return (hit_ta / self.test_count * 100).cpu(), (hit_ci / self.test_count * 100).cpu()
+        return (hit_ta / self.test_count * 100).float().cpu(), (hit_ci / self.test_count * 100).float().cpu()
 
     # ------------------------------------------------------------------ the stream
     def run(self, on_task_end=None, progress: bool = False, desc: str | None = None) -> list:
@@ -726,10 +586,9 @@ class LifelongHarness:
         if not self.evaluated_init:
             self.acc[:, 0], self.acc_ci[:, 0] = self.evaluate()
             self.evaluated_init = True
-        total = sum(len(x) for x, _ in self.train)
-        done = sum(len(x) for x, _ in self.train[:self.next_task])
-        with tqdm(total=total, initial=done, disable=not progress, desc=desc or self.cfg.method,
-                  leave=False, unit="ex") as bar:
+        total = self.offsets[-1]
+        with tqdm(total=total, initial=self.offsets[self.next_task], disable=not progress,
+                  desc=desc or self.cfg.method, leave=False, unit="ex") as bar:
             for t in range(self.next_task, self.T):
                 _sync(self.device)
                 start = time.perf_counter()
@@ -745,7 +604,7 @@ class LifelongHarness:
     def results(self) -> list:
         """One :class:`LifelongResult` per config (in the order given)."""
         out = []
-        S = len(self.seeds)
+        S = self.S
         for i, (c, p) in enumerate(zip(self.cfgs, self.plans)):
             j = self.block_of.get(i)
             acc = acc_ci = None
@@ -761,23 +620,20 @@ class LifelongHarness:
         return {"configs": [c.to_dict() for c in self.cfgs], "seeds": list(self.seeds)}
 
     def state_dict(self) -> dict:
-        """Everything needed to continue the run exactly where it is (between tasks)."""
-        d = dict(self._key(), next_task=self.next_task, acc=self.acc.clone(), acc_ci=self.acc_ci.clone(),
+        """Everything needed to continue the run exactly where it is (between tasks), copied to the host."""
+        d = dict(self._key(), next_task=self.next_task, acc=self.acc, acc_ci=self.acc_ci,
                  seconds=self.seconds, n_steps=self.n_steps, evaluated_init=self.evaluated_init)
-        if not self.runnable:
-            return d
-        d.update(model=self.model.state_dict(), opt=self.opt.state_dict(),
-                 blocks=[b.state_dict() for b in self.blocks])
-        if self.memory is not None:
-            d["memory"] = self.memory.state_dict()
-        if self.store is not None:
-            d.update(store=self.store.state_dict(), valid_flat=self._valid_flat.clone())
-        return copy.deepcopy(d)  # state dicts hold references to the live tensors
+        if self.runnable:
+            d.update(model=self.model.state_dict(), opt=self.opt.state_dict(),
+                     blocks=[b.state_dict() for b in self.blocks])
+        return _host_copy(d)
 
     def load_state_dict(self, d: dict) -> None:
-        """Restore :meth:`state_dict` (``ValueError`` if it belongs to other configs or seeds)."""
+        """Restore :meth:`state_dict` (``ValueError`` if it belongs to other configs or seeds). Every
+        tensor is copied into the live state in place (a captured step stays valid)."""
         if {k: d.get(k) for k in self._key()} != self._key():
-            raise ValueError("this checkpoint belongs to other configurations or other seeds")
+            raise ValueError("this checkpoint belongs to other configurations or other seeds; resume it with the "
+                             "configs and seeds it was saved with, or start without resume")
         self.next_task, self.seconds = int(d["next_task"]), float(d["seconds"])
         self.n_steps, self.evaluated_init = int(d["n_steps"]), bool(d["evaluated_init"])
         self.acc.copy_(d["acc"])
@@ -788,22 +644,20 @@ class LifelongHarness:
         self.opt.load_state_dict(d["opt"])
         for b, bd in zip(self.blocks, d["blocks"]):
             b.load_state_dict(bd)
-        if self.memory is not None:
-            self.memory.load_state_dict(d["memory"])
-        if self.store is not None:
-            self.store.load_state_dict(d["store"])
-            self._valid_flat = d["valid_flat"].to(self.device)
 
 
 def run_lifelong(stream, cfgs, seeds, device="cpu", *, ae_init=None, resume: dict | None = None,
-                 on_task_end=None, progress: bool = False, desc: str | None = None) -> list:
+                 on_task_end=None, progress: bool = False, desc: str | None = None,
+                 cuda_graph: bool = True) -> list:
     """Run the fusable configs ``cfgs`` (one config or a list) on ``stream`` for ``seeds``, fused as
     groups; resume from a :meth:`LifelongHarness.state_dict` if given.
 
     Returns one :class:`LifelongResult` per config (``runnable=False`` with the reason when a method
     cannot run at its budget). ``on_task_end(t, harness)`` is called after every task.
+    ``cuda_graph``: replay each incoming batch's step from a CUDA graph on CUDA (the same arithmetic
+    as eager; False for debugging).
     """
-    h = LifelongHarness(stream, cfgs, seeds, device, ae_init)
+    h = LifelongHarness(stream, cfgs, seeds, device, ae_init, cuda_graph=cuda_graph)
     if resume is not None:
         h.load_state_dict(resume)
     return h.run(on_task_end, progress, desc)

@@ -1,0 +1,459 @@
+"""The budgeted GPU queue: run the most important missing paper-profile items that fit the time left.
+
+    python -m recollect gpu-queue --budget 540 --out $OUT
+
+GPU time is scarce (one H200, 15 minutes a session, commands of at most 10 minutes, a bare machine
+that is given back after 30 s idle), so the queue
+
+1. picks the items to consider: paper profile, not current in ``results/`` (missing or stale),
+   filtered by stage / chapter / name, in priority order with dependencies first;
+2. runs a **preflight** once per lease: every loop of every candidate for a few steps at the
+   paper's shapes (the item's probe config), timed per step on the device, which turns the plan's
+   counted estimates into measured ones (``rates.json``); and each candidate's code path at its smoke
+   config on the device, compared with the committed CPU numbers (``results/smoke``);
+3. runs items in order, never starting one whose estimate (measured where possible, with a margin)
+   does not fit the time left, and writes each result the moment it finishes: into ``OUT/results``
+   and packed into ``OUT/results-N.tar`` (the device tool brings back at most 8 files), so a command
+   killed at its limit loses at most the item that was running;
+4. keeps a machine-local checkpoint of a long item (``~/.cache/recollect/checkpoints``) so the next
+   command of the same session continues it, and a machine-local copy of every result
+   (``~/.cache/recollect/session-results``) so the session's next command can build on it (a
+   teacher made by the first call, its students in the second); nothing depends on the machine
+   staying warm: what came back in ``OUT`` is complete.
+
+Back on any machine, ``python -m recollect unpack DIR`` checks and copies the results into
+``results/``; the chapters are then rendered at the paper profile on a CPU (``make paper-book``).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pathlib
+import signal
+import tarfile
+import time
+import traceback
+
+import torch
+
+from . import results as R
+from .experiments import items as I
+from .train import probe
+
+__all__ = ["LayeredStore", "todo", "estimate_seconds", "preflight", "gpu_queue", "pack", "unpack", "compare_numbers",
+           "RATES_FILE", "COUNTS_FILE", "MARGIN"]
+
+RATES_FILE = "rates.json"
+COUNTS_FILE = "counts.json"
+#: an item starts only if estimate * MARGIN + SLACK seconds fit in the time left
+MARGIN = 1.3
+SLACK = 10.0
+#: a resumable item that cannot finish is still started when this many seconds are left: it saves a
+#: checkpoint at its deadline and the session's next command continues it
+RESUMABLE_MIN = 90.0
+PACK_LIMIT = 15 * 2**20
+MAX_PACKS = 6
+
+
+class LayeredStore(R.ResultStore):
+    """Writes to ``root``; reads from ``root`` first, then from each of ``fallbacks`` (the repository's
+    results): a dependency made in an earlier session is used, one made in this session too."""
+
+    def __init__(self, root, fallbacks=()):
+        super().__init__(root)
+        self.fallbacks = [R.ResultStore(f) if not isinstance(f, R.ResultStore) else f for f in fallbacks]
+
+    def read(self, item: str):
+        got = super().read(item)
+        if got is not None:
+            return got
+        for f in self.fallbacks:
+            got = f.read(item)
+            if got is not None:
+                return got
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# what to run
+# ------------------------------------------------------------------------------------------------
+def _state(item: I.Item, store: R.ResultStore) -> str:
+    try:
+        version = I.current_version(item)
+    except ValueError:
+        return "unversioned"
+    got = store.get(item.key, item.config_dict("paper"), version)
+    if got is None:
+        return "missing"
+    return "stale" if got.stale else "done"
+
+
+def todo(store: R.ResultStore, stages=("first",), chapters=None, names=None, gpu: bool | None = True) -> list[I.Item]:
+    """Items to make, in the order to make them: not current in ``store``; dependencies before the
+    items that need them; otherwise by stage, then priority."""
+    reg = I.registry()
+    want = []
+    for it in reg.values():
+        if stages and it.stage not in stages:
+            continue
+        if chapters and it.chapter not in chapters:
+            continue
+        if names and it.key not in names and it.name not in names:
+            continue
+        if gpu is not None and it.gpu != gpu:
+            continue
+        if _state(it, store) in ("missing", "stale"):
+            want.append(it)
+    order = {s: i for i, s in enumerate(I.STAGES)}
+    want.sort(key=lambda it: (order[it.stage], it.priority, it.key))
+    out, seen = [], set()
+
+    def add(it, chain=()):
+        if it.key in seen:
+            return
+        if it.key in chain:
+            raise ValueError(f"items depend on each other in a cycle: {' -> '.join(chain + (it.key,))}")
+        for d in I._dep_keys(it):
+            dep = reg[d]
+            if _state(dep, store) in ("missing", "stale"):
+                add(dep, chain + (it.key,))
+        seen.add(it.key)
+        out.append(it)
+
+    for it in want:
+        add(it)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# estimates
+# ------------------------------------------------------------------------------------------------
+#: constants of the counted estimate (H200; from the early probes, see shared/probe-notes.md)
+EAGER_OP_S = 30e-6       # host time of one eager kernel launch (25-46 us measured per op)
+GRAPH_KERNEL_S = 2e-6    # device time of one small kernel replayed from a CUDA graph (~1.4 us seen)
+FLOP_RATE = 40e12        # effective float32/TF32 rate of these small convolutions and matmuls
+CONSTANTS = {"EAGER_OP_S": EAGER_OP_S, "GRAPH_KERNEL_S": GRAPH_KERNEL_S, "FLOP_RATE": FLOP_RATE}
+
+
+def _load_json(path: pathlib.Path) -> dict:
+    return R.decode(json.loads(path.read_text()), {}) if path.exists() else {}
+
+
+def counted_step_seconds(flops: float, launches: float, captured: bool) -> float:
+    """Seconds per step from counted FLOPs and launches: host-bound eager steps pay every launch on
+    the host; captured steps pay a small device cost per kernel; both pay the arithmetic."""
+    if captured:
+        return launches * GRAPH_KERNEL_S + flops / FLOP_RATE
+    return max(launches * EAGER_OP_S, flops / FLOP_RATE)
+
+
+def estimate_seconds(item: I.Item, rates: dict | None = None, counts: dict | None = None) -> tuple[float | None, str]:
+    """``(seconds, how)`` of ``item`` at the paper profile: measured per-step rates (a preflight) when
+    there are some for this config, else counted FLOPs and launches, else ``(None, why)``."""
+    cfg = item.cfg("paper")
+    chash = R.config_hash(I._as_dict(item.cfg("probe")))
+    loops = item.loops(cfg)
+    r = (rates or {}).get(item.key)
+    if r and r.get("probe_config") == chash and all(l.name in r["loops"] for l in loops):
+        sec = sum(l.steps * r["loops"][l.name]["seconds_per_step"] for l in loops)
+        return sec, f"measured on {r.get('device', 'a GPU')} ({r.get('date', '')[:10]})"
+    c = (counts or {}).get(item.key)
+    if c and c.get("probe_config") == chash and all(l.name in c["loops"] for l in loops):
+        sec = 0.0
+        for l in loops:
+            lc = c["loops"][l.name]
+            sec += l.steps * counted_step_seconds(lc["flops_per_step"], lc["launches_per_step"], l.captured)
+        return sec, "counted (FLOPs and launches per step on a CPU probe)"
+    return None, "not counted yet: `python -m recollect plan --count`"
+
+
+# ------------------------------------------------------------------------------------------------
+# preflight
+# ------------------------------------------------------------------------------------------------
+def compare_numbers(ours, ref, rtol: float = 0.1, atol: float = 0.05, path: str = "") -> list[str]:
+    """Where two JSON payload bodies differ beyond ``atol + rtol * |ref|`` (numbers) or at all (the
+    rest); a list of paths with the two values, empty when they agree."""
+    out = []
+    if isinstance(ref, dict) and isinstance(ours, dict):
+        for k in ref:
+            if k not in ours:
+                out.append(f"{path}/{k}: missing")
+            else:
+                out += compare_numbers(ours[k], ref[k], rtol, atol, f"{path}/{k}")
+        return out
+    if isinstance(ref, list) and isinstance(ours, list):
+        if len(ref) != len(ours):
+            return [f"{path}: {len(ours)} entries against {len(ref)}"]
+        for i, (a, b) in enumerate(zip(ours, ref)):
+            out += compare_numbers(a, b, rtol, atol, f"{path}/{i}")
+        return out
+    num = (int, float)
+    if isinstance(ref, num) and isinstance(ours, num) and not isinstance(ref, bool):
+        if abs(float(ours) - float(ref)) > atol + rtol * abs(float(ref)):
+            out.append(f"{path}: {ours!r} against {ref!r}")
+        return out
+    if ours != ref and not (isinstance(ref, str) and ref in ("NaN",) and ours == "NaN"):
+        out.append(f"{path}: {ours!r} against {ref!r}")
+    return out
+
+
+def preflight(candidates: list[I.Item], device, log, smoke_check: bool = True, store=None) -> dict:
+    """Probe every candidate's loops for a few steps on ``device`` (timed per step) and, once per
+    smoke twin, check its smoke config on the device against the committed CPU numbers.
+
+    Returns ``{item key: {"probe_config", "loops": {name: stats}, "device", "date", "ok", "error"}}``."""
+    dev = torch.device(device)
+    out = {}
+    checked = {}
+    memo: dict = {}
+    for it in candidates:
+        rec = {"probe_config": R.config_hash(I._as_dict(it.cfg("probe"))), "device": _device_name(dev),
+               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ok": True}
+        t0 = time.perf_counter()
+        try:
+            with probe.Recorder(sync=dev.type == "cuda") as r, _strict_sync(dev):
+                I.run_item(it, "probe", dev, store, _memo=memo)
+            rec["loops"] = r.summary()
+        except Exception as e:  # an item whose probe fails is not run: say why
+            rec.update(ok=False, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
+        rec["seconds"] = round(time.perf_counter() - t0, 2)
+        if smoke_check and rec["ok"]:
+            twin = I.get_item(_twin(it))
+            if twin.key not in checked:
+                checked[twin.key] = _smoke_check(twin, dev)
+            rec["smoke_check"] = checked[twin.key]
+            if checked[twin.key]["differences"]:
+                rec["ok"] = False
+                rec["error"] = f"smoke numbers on {rec['device']} differ from the committed CPU numbers"
+        log(f"preflight {it.key}: {'ok' if rec['ok'] else 'FAILED: ' + rec.get('error', '')} ({rec['seconds']:.1f} s)")
+        out[it.key] = rec
+    return out
+
+
+def _twin(it: I.Item) -> str:
+    if it.versioned_by is None:
+        return it.key
+    return it.versioned_by if "/" in it.versioned_by else f"{it.chapter}/{it.versioned_by}"
+
+
+def _smoke_check(item: I.Item, dev) -> dict:
+    ref = I.smoke_record(item)
+    if ref is None:
+        return {"differences": ["no committed smoke record"]}
+    res = I.run_item(item, "smoke", dev, None)
+    diffs = compare_numbers(R.encode(res.payload, {}), ref["payload"])
+    return {"differences": diffs[:20], "count": len(diffs)}
+
+
+class _strict_sync:
+    """On CUDA: captured steps run under ``torch.cuda.set_sync_debug_mode("error")`` (a step that
+    would block the host fails the preflight instead of silently costing GPU time)."""
+
+    def __init__(self, dev):
+        self.on = dev.type == "cuda"
+
+    def __enter__(self):
+        if self.on:
+            try:
+                from .train import capture
+
+                capture.STRICT_SYNC = True
+            except ImportError:
+                self.on = False
+        return self
+
+    def __exit__(self, *exc):
+        if self.on:
+            from .train import capture
+
+            capture.STRICT_SYNC = False
+        return False
+
+
+def _device_name(dev) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+
+
+# ------------------------------------------------------------------------------------------------
+# packing results for the trip back
+# ------------------------------------------------------------------------------------------------
+def pack(src: pathlib.Path, out: pathlib.Path) -> list[pathlib.Path]:
+    """Pack every result under ``src`` into ``out/results-N.tar`` files of at most 15 MiB each (the
+    device tool brings back at most 8 files of 16 MiB), atomically."""
+    files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix in (".json", ".npz"))
+    groups, cur, size = [], [], 0
+    for p in files:
+        n = p.stat().st_size + 1024
+        if cur and size + n > PACK_LIMIT:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(p)
+        size += n
+    if cur:
+        groups.append(cur)
+    if len(groups) > MAX_PACKS:
+        raise RuntimeError(f"results need {len(groups)} packs of 15 MiB; at most {MAX_PACKS} come back")
+    written = []
+    for i, grp in enumerate(groups, 1):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for p in grp:
+                tar.add(p, arcname=str(p.relative_to(src)))
+        path = out / f"results-{i}.tar"
+        R.atomic_write(path, buf.getvalue())
+        written.append(path)
+    for stale in out.glob("results-*.tar"):
+        if stale not in written:
+            stale.unlink()
+    return written
+
+
+def unpack(src: pathlib.Path, dest: R.ResultStore | None = None, log=print) -> list[str]:
+    """Copy the results a GPU session brought back (``results-N.tar`` files or a ``results/`` folder
+    under ``src``) into ``dest`` (the repository's ``results/``), after checking that each is a
+    current paper result of a known item with the current config. Returns the items copied."""
+    dest = dest or R.ResultStore()
+    src = pathlib.Path(src)
+    found = {}
+    for tar in sorted(src.glob("results-*.tar")):
+        with tarfile.open(tar) as t:
+            for m in t.getmembers():
+                if m.isfile():
+                    found[m.name] = t.extractfile(m).read()
+    folder = src / "results"
+    if folder.is_dir():
+        for p in folder.rglob("*"):
+            if p.is_file():
+                found.setdefault(str(p.relative_to(folder)), p.read_bytes())
+    copied = []
+    for name in sorted(n for n in found if n.endswith(".json")):
+        npz = found.get(name[:-5] + ".npz")
+        res = R.Result.from_files(found[name], npz)
+        try:
+            item = I.get_item(res.item)
+        except ValueError:
+            log(f"skipped {name}: no such item")
+            continue
+        want = item.config_dict("paper")
+        if res.profile != "paper" or res.config_hash != R.config_hash(want):
+            log(f"skipped {res.item}: made with another config than the current paper profile")
+            continue
+        if res.version != I.current_version(item):
+            log(f"note: {res.item} is stale already (made by code whose smoke fingerprint differs); kept as stale")
+        dest.put(res)
+        copied.append(res.item)
+        log(f"results/{res.item}: {res.provenance.get('device')} {res.provenance.get('seconds', 0):.0f} s "
+            f"{res.provenance.get('date', '')}")
+    return copied
+
+
+# ------------------------------------------------------------------------------------------------
+# the queue
+# ------------------------------------------------------------------------------------------------
+class _Stop(Exception):
+    pass
+
+
+def gpu_queue(budget: float, out: str | os.PathLike, *, stages=("first",), chapters=None, names=None,
+              device: str = "cuda", do_preflight: bool = True, cpu_items: bool = False, dry: bool = False,
+              checkpoint_root=None, progress: bool = False) -> dict:
+    """Run the queue for at most ``budget`` seconds (module docstring). Returns the log."""
+    t_start = time.monotonic()
+    deadline = t_start + float(budget)
+    from .data import OFFLINE_ENV
+
+    os.environ.setdefault(OFFLINE_ENV, "1")  # a GPU host has no network: a missing dataset fails at once
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu-queue: no CUDA GPU is visible; the queue makes paper results on a GPU "
+                         "(use --device cpu only for a test of the queue itself)")
+    # this command's results go to OUT; the results of the session's earlier commands (same machine,
+    # still warm) and the repository's are read as dependencies
+    session = R.ResultStore(pathlib.Path.home() / ".cache" / "recollect" / "session-results")
+    store = LayeredStore(out / "results", [session, R.results_dir()])
+    ck_root = pathlib.Path(checkpoint_root or pathlib.Path.home() / ".cache" / "recollect" / "checkpoints")
+    lines: list[str] = []
+    log_doc = {"budget": budget, "device": _device_name(dev), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "done": [], "failed": [], "skipped": [], "preflight": {}, "lines": lines}
+
+    def log(msg):
+        line = f"[{time.monotonic() - t_start:6.1f} s] {msg}"
+        print(line, flush=True)
+        lines.append(line)
+        R.atomic_write(out / "queue-log.json", (json.dumps(log_doc, indent=1, default=str) + "\n").encode())
+
+    def on_term(signum, frame):
+        raise _Stop(f"signal {signum}")
+
+    old = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        cands = todo(store, stages, chapters, names, gpu=None if cpu_items else True)
+        # an item with a checkpoint on this machine was started by an earlier command: finish it first
+        cands.sort(key=lambda it: 0 if any((ck_root / it.chapter).glob(f"{it.name}-*.ckpt")) else 1)
+        log(f"{len(cands)} items to make: {', '.join(it.key for it in cands) or 'none'}")
+        rates = _load_json(R.results_dir() / RATES_FILE)
+        counts = _load_json(R.results_dir() / COUNTS_FILE)
+        if do_preflight and cands:
+            pf = preflight(cands, dev, log, store=store)
+            log_doc["preflight"] = pf
+            measured = {k: {"probe_config": v["probe_config"], "loops": v["loops"], "device": v["device"],
+                            "date": v["date"]} for k, v in pf.items() if v.get("ok") and v.get("loops")}
+            R.atomic_write(out / RATES_FILE, (json.dumps(R.encode(measured, {}), indent=1) + "\n").encode())
+            rates = {**rates, **measured}
+            bad = {k for k, v in pf.items() if not v.get("ok")}
+            cands = [it for it in cands if it.key not in bad]
+            log_doc["skipped"] += [{"item": k, "why": pf[k].get("error", "")} for k in sorted(bad)]
+        for it in cands:
+            left = deadline - time.monotonic()
+            est, how = estimate_seconds(it, rates, counts)
+            if any(_state(I.get_item(d), store) != "done" for d in I._dep_keys(it)):
+                log_doc["skipped"].append({"item": it.key, "why": "a dependency is not done"})
+                log(f"skip {it.key}: a dependency is not done")
+                continue
+            partial = False
+            if est is None or est * MARGIN + SLACK > left:
+                if it.resumable and est is not None and left > RESUMABLE_MIN:
+                    partial = True  # runs until its deadline, checkpoints, continues in the next command
+                else:
+                    why = f"estimate {'unknown' if est is None else f'{est:.0f} s'} ({how}) does not fit the {left:.0f} s left"
+                    log_doc["skipped"].append({"item": it.key, "why": why})
+                    log(f"skip {it.key}: {why}")
+                    continue
+            if dry:
+                log(f"would run {it.key}: estimate {est:.0f} s ({how})")
+                continue
+            log(f"run {it.key}: estimate {est:.0f} s ({how}), {left:.0f} s left"
+                + (" (resumable: it checkpoints at the deadline and continues in the next command)" if partial else ""))
+            t0 = time.monotonic()
+            try:
+                res = I.run_item(it, "paper", dev, store, progress=progress, checkpoint_root=ck_root,
+                                 deadline=deadline - SLACK)
+            except _Stop:
+                raise
+            except I.Incomplete as e:
+                log_doc["partial"] = log_doc.get("partial", []) + [{"item": it.key, "seconds": round(time.monotonic() - t0, 1)}]
+                log(f"partial {it.key}: {e}")
+                continue
+            except Exception as e:
+                log_doc["failed"].append({"item": it.key, "error": f"{type(e).__name__}: {e}",
+                                          "trace": traceback.format_exc()[-3000:]})
+                log(f"FAILED {it.key}: {type(e).__name__}: {e}")
+                continue
+            took = time.monotonic() - t0
+            session.put(res)
+            log_doc["done"].append({"item": it.key, "seconds": round(took, 1), "estimate": round(est, 1), "how": how})
+            pack(out / "results", out)
+            log(f"done {it.key} in {took:.0f} s (estimate {est:.0f} s); packed")
+    except _Stop as e:
+        log(f"stopped by {e}: results finished so far are packed")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if (out / "results").exists():
+            pack(out / "results", out)
+        log(f"end: {len(log_doc['done'])} items done, {len(log_doc['failed'])} failed, {len(log_doc['skipped'])} skipped")
+    return log_doc

@@ -1,0 +1,192 @@
+"""The results machinery end to end, on a CPU: the budgeted queue over smoke-sized items (a queue
+*rehearsal*: the paper profile runs the smoke configs), killed in the middle of an item and run again
+until complete; the results unpacked into a results folder; the chapter then rendered at the paper
+profile from that folder with no dataset and no network, so it cannot have trained."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+
+from recollect import portable
+from recollect import results as R
+from recollect.experiments import items as I
+from recollect.queue import compare_numbers, pack, todo
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ITEMS = ["distortion/ae-categorical-6-2", "distortion/ae-categorical-20-2", "distortion/jpeg"]
+
+
+def _env(tmp: pathlib.Path, **extra) -> dict:
+    env = portable.environment()
+    env.update(RECOLLECT_RESULTS=str(tmp / "results"), RECOLLECT_REHEARSAL="1", RECOLLECT_CACHE=str(tmp / "cache"),
+               PYTHONPATH=str(ROOT), HOME=str(tmp / "home"), PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def _queue(tmp, env, budget=600):
+    cmd = [sys.executable, "-m", "recollect", "gpu-queue", "--budget", str(budget), "--out", str(tmp / "out"),
+           "--device", "cpu", "--cpu-items", "--item", *ITEMS]
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _log(tmp) -> dict:
+    p = tmp / "out" / "queue-log.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.fixture()
+def tmp(tmp_path):
+    (tmp_path / "results").mkdir()
+    shutil.copytree(R.results_dir() / I.SMOKE_DIR, tmp_path / "results" / I.SMOKE_DIR)
+    return tmp_path
+
+
+def test_queue_killed_mid_item_resumes_completes_and_the_chapter_renders_without_training(tmp):
+    env = _env(tmp)
+    # 1. start, wait until the first item is done and the second is running, kill it hard
+    p = _queue(tmp, env)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        doc = _log(tmp)
+        running = [l for l in doc.get("lines", []) if " run " in l]
+        if len(doc.get("done", [])) == 1 and len(running) == 2:
+            break
+        if p.poll() is not None:
+            pytest.fail(f"the queue ended before it could be killed:\n{p.stdout.read()[-4000:]}")
+        time.sleep(0.1)
+    else:
+        p.kill()
+        pytest.fail("the queue never reached its second item")
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    packs = sorted((tmp / "out").glob("results-*.tar"))
+    assert packs, "the finished item must already be packed when the command is killed"
+    with tarfile.open(packs[0]) as t:
+        names = t.getnames()
+    first = _log(tmp)
+    done_first = [d["item"] for d in first["done"]]
+    assert len(done_first) == 1 and done_first[0] in ITEMS
+    assert {n.rsplit(".", 1)[0] for n in names} == {done_first[0]}, names
+    assert first["preflight"] and all(v["ok"] for v in first["preflight"].values()), first["preflight"]
+
+    # 2. the same command again: the finished item is not redone, the others complete
+    p = _queue(tmp, env)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-4000:]
+    second = _log(tmp)
+    assert sorted(d["item"] for d in second["done"]) == sorted(set(ITEMS) - set(done_first)), out[-3000:]
+    assert (tmp / "out" / "rates.json").exists()
+
+    # 3. unpack into the results folder: the items are now done there, and the queue has nothing left
+    r = subprocess.run([sys.executable, "-m", "recollect", "unpack", str(tmp / "out")], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    store = R.ResultStore(tmp / "results")
+    for k in ITEMS:
+        got = store.read(k)
+        assert got is not None and got.profile == "paper" and got.provenance["seconds"] > 0
+    # 4. render the chapter at the paper profile: no dataset, no network, so it cannot train
+    empty = tmp / "no-data"
+    empty.mkdir()
+    nb_out = tmp / "distortion-paper.ipynb"
+    render = env | {"RECOLLECT_DATA": str(empty), "RECOLLECT_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "papermill", "--cwd", str(ROOT / "book"), "-k", "python3",
+                        "-p", "profile", "paper", "-p", "device", "cpu", str(ROOT / "book" / "01-distortion.ipynb"),
+                        str(nb_out)], env=render, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    nb = json.loads(nb_out.read_text())
+    text = "\n".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+                     for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
+    assert "paper profile, partly missing or stale" in text.lower() and "ae-categorical-392-3" in text
+    best = min(store.read("distortion/ae-categorical-6-2").payload["distortion"])
+    assert f"{best:.4f}" in text  # Table 5's (6, 2) row, rendered from the results folder
+    assert "Traceback" not in text
+
+
+def test_an_item_of_another_config_or_version_is_not_current(tmp, monkeypatch):
+    monkeypatch.setenv("RECOLLECT_RESULTS", str(tmp / "results"))
+    it = I.get_item("distortion/jpeg")
+    store = R.ResultStore(tmp / "results")
+    version = I.current_version(it)
+    res = R.Result(it.key, "paper", it.config_dict("paper"), version, {"seconds": 1.0}, {"table": [1, 2]})
+    store.put(res)
+    assert store.get(it.key, it.config_dict("paper"), version).stale is False
+    assert store.get(it.key, it.config_dict("paper"), "another-version").stale is True
+    assert store.get(it.key, it.config_dict("smoke"), version) is None  # another config: not this result
+    assert it.key not in [i.key for i in todo(store, stages=None, chapters=["distortion"], gpu=False)]
+    store.put(R.Result(it.key, "paper", it.config_dict("paper"), "old", {"seconds": 1.0}, {"table": [1]}))
+    assert it.key in [i.key for i in todo(store, stages=None, chapters=["distortion"], gpu=False)]  # stale: again
+
+
+def test_items_are_ordered_dependencies_first_and_estimated():
+    items = todo(R.ResultStore("/nonexistent"), stages=("first",))
+    keys = [i.key for i in items]
+    for i, it in enumerate(items):
+        for d in I._dep_keys(it):
+            assert d in keys[:i], f"{it.key} comes before its dependency {d}"
+
+
+def test_compare_numbers_tolerates_small_and_reports_large_differences():
+    ref = {"a": [1.0, 2.0], "b": {"c": 10.0, "d": "x"}}
+    assert compare_numbers({"a": [1.01, 2.0], "b": {"c": 10.2, "d": "x"}}, ref) == []
+    diffs = compare_numbers({"a": [1.0, 3.0], "b": {"c": 10.0, "d": "y"}}, ref)
+    assert len(diffs) == 2 and "/a/1" in diffs[0] and "/b/d" in diffs[1]
+
+
+def test_pack_splits_into_files_under_the_limit(tmp_path, monkeypatch):
+    import recollect.queue as Q
+
+    monkeypatch.setattr(Q, "PACK_LIMIT", 3000)
+    src = tmp_path / "results" / "ch"
+    src.mkdir(parents=True)
+    for i in range(5):
+        (src / f"i{i}.json").write_bytes(b"x" * 1500)
+    out = pack(tmp_path / "results", tmp_path)
+    assert len(out) >= 3 and all(p.stat().st_size < 3000 + 10240 for p in out)
+    got = set()
+    for p in out:
+        with tarfile.open(p) as t:
+            got |= set(t.getnames())
+    assert got == {f"ch/i{i}.json" for i in range(5)}
+
+
+def test_cifar100_travels_as_webp_parts_and_is_rebuilt_exactly(tmp_path):
+    """The staging of a GPU session: CIFAR-100 in two lossless parts, rebuilt and checked by sha256."""
+    import numpy as np
+
+    from recollect.stage import join_cifar100, split_cifar100
+
+    rng = np.random.default_rng(0)
+    n_train, n_test = 7, 3
+    arrays = {"train_x": rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+              "train_fine": rng.integers(0, 100, n_train).astype(np.uint8),
+              "train_coarse": rng.integers(0, 20, n_train).astype(np.uint8),
+              "test_x": rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+              "test_fine": np.arange(n_test, dtype=np.uint8), "test_coarse": np.arange(n_test, dtype=np.uint8),
+              "fine_names": np.array(["a"] * 100), "coarse_names": np.array(["b"] * 20),
+              "official_split": np.array(True)}
+    src = tmp_path / "cifar100.npz"
+    np.savez_compressed(src, **arrays)
+    parts = split_cifar100(src, tmp_path / "parts", cut=4)
+    assert [p.name for p in parts] == ["cifar100.part1.npz", "cifar100.part2.npz"]
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "cifar100.part1.npz").write_bytes(parts[0].read_bytes())
+    with pytest.raises(ValueError, match="cifar100.part2.npz not in"):
+        join_cifar100(tmp_path / "half")
+    out = join_cifar100(tmp_path / "parts")
+    with np.load(out) as z:
+        for k, v in arrays.items():
+            assert np.array_equal(z[k], v), k
