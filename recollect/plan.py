@@ -65,6 +65,17 @@ def print_plan(chapters=None, all_rows: bool = True) -> pd.DataFrame:
         print(f"{label}: {len(sel)} GPU items, {sel[known].minutes.sum():.1f} estimated H200-minutes"
               f"{'' if known.all() else f' ({(~known).sum()} not yet estimated)'}; still to make: {len(left)} items, "
               f"{left[left.minutes.notna()].minutes.sum():.1f} minutes")
+    first = gpu[gpu.stage == "first"]
+    if len(first):
+        per = first.groupby("chapter", sort=False).minutes.sum()
+        print("first pass per chapter (estimated H200-minutes): " + ", ".join(f"{c} {m:.2f}" for c, m in per.items()))
+    auto = [it for it in I.registry().values() if (not chapters or it.chapter in chapters)
+            and getattr(it.cfg("paper"), "precision", None) == "auto"]
+    if auto:
+        mins = df[df.chapter.isin({it.chapter for it in auto}) & df.item.isin({it.name for it in auto})].minutes
+        print(f"{len(auto)} items ({mins.sum():.1f} of the minutes above) train in bf16 if the check they depend on "
+              f"({', '.join(sorted({d for it in auto for d in it.depends}))}) finds it within its band; their "
+              "estimates count float32 arithmetic")
     cpu = df[df.gpu != "yes"]
     if len(cpu):
         print(f"CPU items (made on any machine with `python -m recollect run CHAPTER --profile paper`): "

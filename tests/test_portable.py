@@ -54,11 +54,15 @@ def test_smoke_context_pins_threads_and_backends_whatever_the_environment_says()
     assert r.stdout.split() == [str(portable.THREADS), "off", "off", "default"]
 
 
-# machines made to look different; every variant keeps the pinned settings and changes the rest
+# machines made to look different; every variant keeps the pinned settings and changes the rest. The
+# lowered one also hides FMA, AVX2 and AVX-512 from glibc, so its maths library (expf, logf, ... that
+# PyTorch's baseline kernels call) takes the code path of a CPU without them
+NO_FMA_LIBM = "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ"
 VARIANTS = {
     "one core, 1 thread in the environment, lowered ISA ceilings": dict(
         taskset="0", env=dict(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", ONEDNN_MAX_CPU_ISA="AVX2",
-                              MKL_ENABLE_INSTRUCTIONS="AVX2", OMP_WAIT_POLICY="ACTIVE")),
+                              MKL_ENABLE_INSTRUCTIONS="AVX2", OMP_WAIT_POLICY="ACTIVE",
+                              GLIBC_TUNABLES=NO_FMA_LIBM)),
     "4 threads in the environment, raised ISA ceilings": dict(
         taskset=None, env=dict(OMP_NUM_THREADS="4", MKL_NUM_THREADS="4", ONEDNN_MAX_CPU_ISA="ALL",
                                MKL_ENABLE_INSTRUCTIONS="AVX512", MKL_DYNAMIC="TRUE")),
