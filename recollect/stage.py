@@ -7,16 +7,16 @@ tree plus what ``carry`` names). This script
 
 * reads the plan (``recollect.queue.todo`` and the estimates) to see which items the session would
   make, and which datasets they read (``Item.data``);
-* copies those datasets into ``.stage/1`` and ``.stage/2`` (git-ignored), one folder per device
+* copies those datasets into ``.stage/1``, ``.stage/2``, ... (git-ignored), one folder per device
   call, with a ``SHA256SUMS`` each: MNIST, Omniglot and CIFAR-10 as they are; CIFAR-100 (168 MB as
   a compressed npz) as lossless WebP images in two parts of about 51 MiB, one per call, so that each
   call also does useful work (the first one makes the MNIST and Omniglot items while the second
   half of CIFAR-100 is still on its way);
-* prints the two commands to paste into the device tool: each copies its folder to ``/root/data``
+* prints the commands to paste into the device tool, one per folder: each copies it to ``$HOME/data``
   (outside the project copy, so it survives until the machine goes back), checks the sha256 sums,
   and runs the queue with the time that call may use.
 
-On the host, ``python3 -m recollect join-data /root/data`` rebuilds ``cifar100.npz`` from its two
+On the host, ``python3 -m recollect join-data "$HOME/data"`` rebuilds ``cifar100.npz`` from its two
 parts and checks every array against the sha256 recorded when the parts were made.
 """
 from __future__ import annotations
@@ -204,17 +204,17 @@ def stage_datasets(names, room: int | None = None, log=print) -> list[list[pathl
 
 
 def commands(commit: str, calls: list, budgets: list, chapters_of_call: list, stages) -> list[str]:
-    """The device commands (at most 2,000 characters each): each copies its folder to /root/data
+    """The device commands (at most 2,000 characters each): each copies its folder to $HOME/data
     (outside the project copy, so it lasts while the machine is warm), checks it, rebuilds CIFAR-100
     once both parts are there, and runs the queue for its budget on the chapters whose data are there."""
     st = " ".join(stages)
-    env = f"export RECOLLECT_DATA=/root/data RECOLLECT_COMMIT={commit} PYTHONUNBUFFERED=1"
+    env = f'export RECOLLECT_DATA="$HOME/data" RECOLLECT_COMMIT={commit} PYTHONUNBUFFERED=1'
     out = []
     for i, (files, budget, chapters) in enumerate(zip(calls, budgets, chapters_of_call), 1):
-        get = (f"mkdir -p /root/data && cp .stage/{i}/* /root/data/ && "
-               f"(cd /root/data && sha256sum -c --quiet SHA256SUMS.{i})")
+        get = (f'mkdir -p "$HOME/data" && cp -f .stage/{i}/* "$HOME/data/" && '
+               f'(cd "$HOME/data" && sha256sum -c --quiet SHA256SUMS.{i})')
         if any(f.name == "cifar100.part2.npz" for f in files):
-            get += " && python3 -m recollect join-data /root/data"
+            get += ' && python3 -m recollect join-data "$HOME/data"'
         q = f"python3 -m recollect gpu-queue --out $OUT --stage {st} --budget {int(budget)}"
         if chapters:
             q += " --chapter " + " ".join(chapters)

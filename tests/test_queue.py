@@ -190,3 +190,20 @@ def test_cifar100_travels_as_webp_parts_and_is_rebuilt_exactly(tmp_path):
     with np.load(out) as z:
         for k, v in arrays.items():
             assert np.array_equal(z[k], v), k
+
+
+def test_device_commands_are_short_rerunnable_and_name_no_machine_path():
+    """Each staged call's command fits the device tool (2,000 characters), copies over what an earlier
+    try left (read-only data files), checks the sums, rebuilds CIFAR-100 only where its second part
+    arrives, and names no absolute path of a particular machine."""
+    from recollect.stage import commands
+    calls = [[pathlib.Path("mnist.npz")], [pathlib.Path("cifar100.part1.npz")], [pathlib.Path("cifar100.part2.npz")]]
+    cmds = commands("abc123", calls, [200, 200, 200], [["distortion"], [], ["lifelong-cifar100"]], ["first"])
+    assert len(cmds) == 3
+    for i, c in enumerate(cmds, 1):
+        assert len(c) <= 2000
+        assert f"cp -f .stage/{i}/*" in c and f"sha256sum -c --quiet SHA256SUMS.{i}" in c
+        assert "gpu-queue --out $OUT --stage first --budget 200" in c
+        assert "/root" not in c and "/work" not in c and "/home" not in c
+    assert ["join-data" in c for c in cmds] == [False, False, True]
+    assert "--chapter distortion" in cmds[0] and "--chapter" not in cmds[1]
