@@ -178,7 +178,9 @@ def distill_mnist(summary: pd.DataFrame, acct: pd.DataFrame | None = None) -> li
     ok, n, ev = 0, 0, []
     for a in archs:
         top = int(s[s.arch == a].episodes.max())
-        comp = [c for c in DM.EQUAL_STORAGE if ((s.arch == a) & (s.source == c)).any()][0]
+        comp = next((c for c in DM.EQUAL_STORAGE if ((s.arch == a) & (s.source == c)).any()), None)
+        if comp is None:  # this architecture's compression columns are not made (or stale): no evidence
+            continue
         for sampling in ("random", "active"):
             cv, rv = _mnist_cell(s, a, sampling, comp, top), _mnist_cell(s, a, sampling, "Real x / Teacher y", top)
             if cv is None or rv is None:
@@ -331,6 +333,8 @@ def lifelong_cifar(df: pd.DataFrame) -> list[tuple[str, bool, str]]:
     out = []
     for split in dict.fromkeys(df.split):
         d = df[(df.split == split) & df.runnable]
+        if d.empty:
+            continue
         have = set(d.key)
         ncls = int(d.classes.iloc[0])
 

@@ -97,6 +97,7 @@ def _make_items(name: str, device: str | None) -> None:
     import torch
 
     from . import results as R
+    from .cache import checkpoints_dir
     from .experiments import items as I
     from .queue import todo
 
@@ -110,7 +111,7 @@ def _make_items(name: str, device: str | None) -> None:
     for it in want:
         print(f"making {it.key} on {dev}", file=sys.stderr)
         I.run_item(it, "paper", dev, R.ResultStore(), progress=True,
-                   checkpoint_root=pathlib.Path.home() / ".cache" / "recollect" / "checkpoints")
+                   checkpoint_root=checkpoints_dir())
 
 
 def main(argv=None) -> int:

@@ -12,12 +12,12 @@ that is given back after 30 s idle), so the queue
    counted estimates into measured ones (``rates.json``); and each candidate's code path at its smoke
    config on the device, compared with the committed CPU numbers (``results/smoke``);
 3. runs items in order, never starting one whose estimate (measured where possible, with a margin)
-   does not fit the time left, and writes each result the moment it finishes: into ``OUT/results``
-   and packed into ``OUT/results-N.tar`` (the device tool brings back at most 8 files), so a command
-   killed at its limit loses at most the item that was running;
-4. keeps a machine-local checkpoint of a long item (``~/.cache/recollect/checkpoints``) so the next
+   does not fit the time left, and writes each result the moment it finishes, packed into
+   ``OUT/results-N.tar`` (the device tool brings back at most 8 files, 64 MiB together; the loose
+   files stay on the machine), so a command killed at its limit loses at most the running item;
+4. keeps a machine-local checkpoint of a long item (``recollect.cache.checkpoints_dir``) so the next
    command of the same session continues it, and a machine-local copy of every result
-   (``~/.cache/recollect/session-results``) so the session's next command can build on it (a
+   (``recollect.cache.session_results_dir``) so the session's next command can build on it (a
    teacher made by the first call, its students in the second); nothing depends on the machine
    staying warm: what came back in ``OUT`` is complete.
 
@@ -33,12 +33,14 @@ import os
 import pathlib
 import signal
 import tarfile
+import tempfile
 import time
 import traceback
 
 import torch
 
 from . import results as R
+from .cache import checkpoints_dir, session_results_dir
 from .experiments import items as I
 from .train import probe
 
@@ -54,7 +56,8 @@ SLACK = 10.0
 #: checkpoint at its deadline and the session's next command continues it
 RESUMABLE_MIN = 90.0
 PACK_LIMIT = 15 * 2**20
-MAX_PACKS = 6
+#: packs one command may bring back: 64 MiB come back together, with the queue's log and rates beside them
+MAX_PACKS = 4
 
 
 class LayeredStore(R.ResultStore):
@@ -373,9 +376,11 @@ def gpu_queue(budget: float, out: str | os.PathLike, *, stages=("first",), chapt
                          "(use --device cpu only for a test of the queue itself)")
     # this command's results go to OUT; the results of the session's earlier commands (same machine,
     # still warm) and the repository's are read as dependencies
-    session = R.ResultStore(pathlib.Path.home() / ".cache" / "recollect" / "session-results")
-    store = LayeredStore(out / "results", [session, R.results_dir()])
-    ck_root = pathlib.Path(checkpoint_root or pathlib.Path.home() / ".cache" / "recollect" / "checkpoints")
+    session = R.ResultStore(session_results_dir())
+    # this command's results, loose, on the machine (only their packs go to OUT: nothing comes back twice)
+    made = pathlib.Path(tempfile.mkdtemp(prefix="recollect-queue-"))
+    store = LayeredStore(made, [session, R.results_dir()])
+    ck_root = pathlib.Path(checkpoint_root or checkpoints_dir())
     lines: list[str] = []
     log_doc = {"budget": budget, "device": _device_name(dev), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "done": [], "failed": [], "skipped": [], "preflight": {}, "lines": lines}
@@ -393,7 +398,7 @@ def gpu_queue(budget: float, out: str | os.PathLike, *, stages=("first",), chapt
     try:
         cands = todo(store, stages, chapters, names, gpu=None if cpu_items else True)
         # an item with a checkpoint on this machine was started by an earlier command: finish it first
-        cands.sort(key=lambda it: 0 if any((ck_root / it.chapter).glob(f"{it.name}-*.ckpt")) else 1)
+        cands.sort(key=lambda it: 0 if I.checkpoint_files(ck_root, it) else 1)
         log(f"{len(cands)} items to make: {', '.join(it.key for it in cands) or 'none'}")
         rates = _load_json(R.results_dir() / RATES_FILE)
         counts = _load_json(R.results_dir() / COUNTS_FILE)
@@ -446,14 +451,13 @@ def gpu_queue(budget: float, out: str | os.PathLike, *, stages=("first",), chapt
             took = time.monotonic() - t0
             session.put(res)
             log_doc["done"].append({"item": it.key, "seconds": round(took, 1), "estimate": round(est, 1), "how": how})
-            pack(out / "results", out)
+            pack(made, out)
             log(f"done {it.key} in {took:.0f} s (estimate {est:.0f} s); packed")
     except _Stop as e:
         log(f"stopped by {e}: results finished so far are packed")
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        if (out / "results").exists():
-            pack(out / "results", out)
+        pack(made, out)
         log(f"end: {len(log_doc['done'])} items done, {len(log_doc['failed'])} failed, {len(log_doc['skipped'])} skipped")
     return log_doc

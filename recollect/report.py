@@ -299,22 +299,19 @@ class ChapterState:
     stale: tuple = ()
 
     @classmethod
-    def from_results(cls, chapter: str, results, expected: Sequence[str] = (),
-                     command: str | None = None) -> "ChapterState":
-        """The state of a chapter from its paper-profile results: objects with ``name``, ``stale``
-        and a ``provenance`` dict holding ``gpu`` or ``device``, ``seconds`` and ``date`` (as
-        ``recollect.results.Result``). ``expected`` names every item the chapter shows: those without
-        a result are *missing*. Devices are listed once each, the date is the latest day."""
-        results = list(results)
-        prov = [dict(getattr(r, "provenance", None) or {}) for r in results]
-        devices = sorted({str(p.get("gpu") or p.get("device")) for p in prov if p.get("gpu") or p.get("device")})
-        dates = sorted(str(p["date"])[:10] for p in prov if p.get("date"))
-        seconds = [float(p["seconds"]) for p in prov if p.get("seconds") is not None]
-        have = {r.name for r in results}
+    def from_states(cls, chapter: str, states, command: str | None = None) -> "ChapterState":
+        """The state of a chapter from its items' states (``recollect.experiments.items.item_states``:
+        dicts with ``name``, ``state`` (done / stale / missing), ``gpu`` and, when made, ``device``,
+        ``seconds`` and ``date``). Devices of the current results are listed once each, the date is the
+        latest day, the minutes are those of the GPU items."""
+        done = [s for s in states if s["state"] == "done"]
+        devices = sorted({s["device"] for s in done if s.get("device")})
+        dates = sorted(str(s["date"])[:10] for s in done if s.get("date"))
+        minutes = sum(float(s.get("seconds") or 0.0) for s in done if s.get("gpu")) / 60
         return cls(chapter=chapter, device=", ".join(devices) or None, date=dates[-1] if dates else None,
-                   gpu_minutes=sum(seconds) / 60 if seconds else None, command=command,
-                   missing=tuple(n for n in expected if n not in have),
-                   stale=tuple(sorted(r.name for r in results if getattr(r, "stale", False))))
+                   gpu_minutes=minutes if done else None, command=command,
+                   missing=tuple(s["name"] for s in states if s["state"] == "missing"),
+                   stale=tuple(s["name"] for s in states if s["state"] == "stale"))
 
 
 @dataclass(frozen=True)
@@ -422,13 +419,4 @@ def status(ctx, chapter: str) -> StatusBanner:
     cmd = f"python -m recollect run {chapter} --profile paper"
     if ctx.smoke:
         return status_banner("smoke", ChapterState(chapter=chapter, command=cmd), chapter=chapter)
-    states = item_states(chapter)
-    done = [s for s in states if s["state"] == "done"]
-    devices = sorted({s["device"] for s in done})
-    dates = sorted(s["date"][:10] for s in done)
-    minutes = sum(float(s["seconds"]) for s in done if s["gpu"]) / 60
-    return status_banner("paper", ChapterState(
-        chapter=chapter, device=", ".join(devices) or None, date=dates[-1] if dates else None,
-        gpu_minutes=minutes if done else None, command=cmd,
-        missing=tuple(s["name"] for s in states if s["state"] == "missing"),
-        stale=tuple(s["name"] for s in states if s["state"] == "stale")), chapter=chapter)
+    return status_banner("paper", ChapterState.from_states(chapter, item_states(chapter), cmd), chapter=chapter)

@@ -38,9 +38,9 @@ def eval_set(n=20, seed=9, k=4):
 
 
 # ------------------------------------------------------------------------------------------------ Adam
-def test_student_optimizer_state_is_checked_and_legacy_runadam_state_loads():
+def test_student_optimizer_state_is_checked():
     """train_students' optimizer is GroupedAdam (one learning rate per group); a saved state must match
-    the run's learning rates, and a state of the earlier RunAdam is converted."""
+    the run's learning rates."""
     from recollect.train.distill import _optimizer_state
     m = tiny_mlp(2)
     o = GroupedAdam(m.parameters(), lr=torch.tensor([1e-3, 1e-4], dtype=torch.float64))
@@ -51,12 +51,6 @@ def test_student_optimizer_state_is_checked_and_legacy_runadam_state_loads():
     assert _optimizer_state(st, o, [1e-3, 1e-4]) is st
     with pytest.raises(ValueError, match="another run"):
         _optimizer_state(st, o, [1e-3, 1e-3])
-    legacy = {"step": 1, "m": [o.state[p]["m"].clone() for p in m.parameters()],
-              "v": [o.state[p]["v"].clone() for p in m.parameters()], "lr": [1e-3, 1e-4]}
-    o2 = GroupedAdam(tiny_mlp(2).parameters(), lr=torch.tensor([1e-3, 1e-4], dtype=torch.float64))
-    o2.load_state_dict(_optimizer_state(legacy, o2, [1e-3, 1e-4]))
-    for p, q in zip(m.parameters(), o2.param_groups[0]["params"]):
-        assert float(o2.state[q]["step"]) == 1 and torch.equal(o.state[p]["v"], o2.state[q]["v"])
 
 
 # ------------------------------------------------------------------------------------------------ pools

@@ -170,6 +170,21 @@ def _copy_grads(params, singles):
             q.grad = None if p.grad is None else p.grad[g:g + 1].clone()
 
 
+def _step_all(opt, refs, params, singles, step, live=None):
+    """One step of the grouped optimizer and of every reference, on the same fake gradients."""
+    _fake_grads(params, step, live)
+    _copy_grads(params, singles)
+    opt.step()
+    for r in refs:
+        r.step()
+
+
+def _assert_groups_equal(params, singles):
+    for g, ps in enumerate(singles):
+        for p, q in zip(params, ps):
+            assert torch.allclose(p[g:g + 1], q, rtol=1e-12, atol=1e-14)
+
+
 def test_per_group_rates_equal_separate_torch_adams_in_float64():
     """G groups with G learning rates (two param groups, one with a (G,) tensor, one with a float)
     equal G separate torch.optim.Adam, including steps where some parameters have no gradient."""
@@ -181,14 +196,8 @@ def test_per_group_rates_equal_separate_torch_adams_in_float64():
     refs = [torch.optim.Adam([{"params": ps[:2], "lr": float(lrs[g])}, {"params": ps[2:], "lr": 5e-3}],
                              betas=(0.8, 0.99)) for g, ps in enumerate(singles)]
     for step in range(6):
-        _fake_grads(params, step, live=None if step % 3 else {0, 2})  # steps 0 and 3: parameter 1 has no grad
-        _copy_grads(params, singles)
-        opt.step()
-        for r in refs:
-            r.step()
-    for g, ps in enumerate(singles):
-        for p, q in zip(params, ps):
-            assert torch.allclose(p[g:g + 1], q, rtol=1e-12, atol=1e-14)
+        _step_all(opt, refs, params, singles, step, live=None if step % 3 else {0, 2})  # steps 0, 3: param 1 no grad
+    _assert_groups_equal(params, singles)
     assert [float(opt.state[p]["step"]) for p in params] == [6.0, 4.0, 6.0]
 
 
@@ -200,14 +209,8 @@ def test_sgd_with_momentum_equals_torch_sgd_per_group():
     singles = _separate(params, G)
     refs = [torch.optim.SGD(ps, lr=float(lrs[g]), momentum=0.9) for g, ps in enumerate(singles)]
     for step in range(4):
-        _fake_grads(params, step)
-        _copy_grads(params, singles)
-        opt.step()
-        for r in refs:
-            r.step()
-    for g, ps in enumerate(singles):
-        for p, q in zip(params, ps):
-            assert torch.allclose(p[g:g + 1], q, rtol=1e-12, atol=1e-14)
+        _step_all(opt, refs, params, singles, step)
+    _assert_groups_equal(params, singles)
 
 
 @pytest.mark.parametrize("how", ["set_lr", "assign"])
@@ -233,14 +236,8 @@ def test_learning_rate_changed_mid_run_in_place(how):
             assert torch.equal(b.lr_full[0][1], torch.full_like(b.lr_full[0][1], 2e-2))
             for r, lr in zip(refs, new.tolist()):
                 r.param_groups[0]["lr"] = lr
-        _fake_grads(params, step)
-        _copy_grads(params, singles)
-        opt.step()
-        for r in refs:
-            r.step()
-    for g, ps in enumerate(singles):
-        for p, q in zip(params, ps):
-            assert torch.allclose(p[g:g + 1], q, rtol=1e-12, atol=1e-14)
+        _step_all(opt, refs, params, singles, step)
+    _assert_groups_equal(params, singles)
     with pytest.raises(ValueError, match="shape"):
         opt.set_lr(torch.ones(3))
 

@@ -33,14 +33,14 @@ def _env(tmp: pathlib.Path, **extra) -> dict:
     return env
 
 
-def _queue(tmp, env, budget=600):
-    cmd = [sys.executable, "-m", "recollect", "gpu-queue", "--budget", str(budget), "--out", str(tmp / "out"),
+def _queue(tmp, env, budget=600, out="out"):
+    cmd = [sys.executable, "-m", "recollect", "gpu-queue", "--budget", str(budget), "--out", str(tmp / out),
            "--device", "cpu", "--cpu-items", "--item", *ITEMS]
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _log(tmp) -> dict:
-    p = tmp / "out" / "queue-log.json"
+def _log(tmp, out="out") -> dict:
+    p = tmp / out / "queue-log.json"
     try:
         return json.loads(p.read_text())
     except (OSError, ValueError):
@@ -82,18 +82,22 @@ def test_queue_killed_mid_item_resumes_completes_and_the_chapter_renders_without
     assert {n.rsplit(".", 1)[0] for n in names} == {done_first[0]}, names
     assert first["preflight"] and all(v["ok"] for v in first["preflight"].values()), first["preflight"]
 
-    # 2. the same command again: the finished item is not redone, the others complete
-    p = _queue(tmp, env)
+    assert not (tmp / "out" / "results").exists(), "only the packs go to OUT: nothing comes back twice"
+
+    # 2. the same command again (the session's next call, a fresh OUT): the finished item is not
+    # redone (the machine-local session results hold it), the others complete
+    p = _queue(tmp, env, out="out2")
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out[-4000:]
-    second = _log(tmp)
+    second = _log(tmp, "out2")
     assert sorted(d["item"] for d in second["done"]) == sorted(set(ITEMS) - set(done_first)), out[-3000:]
-    assert (tmp / "out" / "rates.json").exists()
+    assert (tmp / "out2" / "rates.json").exists()
 
-    # 3. unpack into the results folder: the items are now done there, and the queue has nothing left
-    r = subprocess.run([sys.executable, "-m", "recollect", "unpack", str(tmp / "out")], env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    # 3. unpack what both calls brought back into the results folder: the items are now done there
+    for folder in ("out", "out2"):
+        r = subprocess.run([sys.executable, "-m", "recollect", "unpack", str(tmp / folder)], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
     store = R.ResultStore(tmp / "results")
     for k in ITEMS:
         got = store.read(k)
@@ -152,15 +156,20 @@ def test_pack_splits_into_files_under_the_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(Q, "PACK_LIMIT", 3000)
     src = tmp_path / "results" / "ch"
     src.mkdir(parents=True)
-    for i in range(5):
+    for i in range(4):
         (src / f"i{i}.json").write_bytes(b"x" * 1500)
     out = pack(tmp_path / "results", tmp_path)
-    assert len(out) >= 3 and all(p.stat().st_size < 3000 + 10240 for p in out)
+    assert len(out) == 4 and all(p.stat().st_size < 3000 + 10240 for p in out)
     got = set()
     for p in out:
         with tarfile.open(p) as t:
             got |= set(t.getnames())
-    assert got == {f"ch/i{i}.json" for i in range(5)}
+    assert got == {f"ch/i{i}.json" for i in range(4)}
+    # one more file than MAX_PACKS packs can bring back (64 MiB together): a clear error, the packs kept
+    (src / "i4.json").write_bytes(b"x" * 1500)
+    with pytest.raises(RuntimeError, match="at most 4 come back"):
+        pack(tmp_path / "results", tmp_path)
+    assert sorted(tmp_path.glob("results-*.tar")) == out
 
 
 def test_cifar100_travels_as_webp_parts_and_is_rebuilt_exactly(tmp_path):
@@ -207,3 +216,17 @@ def test_device_commands_are_short_rerunnable_and_name_no_machine_path():
         assert "/root" not in c and "/work" not in c and "/home" not in c
     assert ["join-data" in c for c in cmds] == [False, False, True]
     assert "--chapter distortion" in cmds[0] and "--chapter" not in cmds[1]
+
+
+def test_checkpoint_files_are_the_items_own(tmp_path):
+    """Finishing ``gem-50`` must not delete (nor the queue count as started) ``gem-50-adam``'s checkpoint."""
+    from recollect.experiments import items as I
+    d = tmp_path / "lifelong-omniglot"
+    d.mkdir()
+    own = [d / "gem-50-0123456789abcdef.ckpt", d / "gem-50-fedcba9876543210.ckpt"]
+    other = d / "gem-50-adam-0123456789abcdef.ckpt"
+    for p in own + [other]:
+        p.write_bytes(b"x")
+    assert I.checkpoint_files(tmp_path, I.get_item("lifelong-omniglot/gem-50")) == own
+    assert I.checkpoint_files(tmp_path, I.get_item("lifelong-omniglot/gem-50-adam")) == [other]
+    assert I.checkpoint_files(tmp_path / "nowhere", I.get_item("lifelong-omniglot/gem-50")) == []

@@ -153,15 +153,16 @@ def test_status_banner_paper():
         report.status_banner("paper", {"gpu": "H200"})
 
 
-def test_chapter_state_from_results():
-    from types import SimpleNamespace as R
-    rs = [R(name="table5", stale=False, provenance={"gpu": "NVIDIA H200", "seconds": 1800.0,
-                                                    "date": "2026-11-02T10:00:00Z"}),
-          R(name="table6", stale=True, provenance={"gpu": "NVIDIA H200", "seconds": 600.0,
-                                                   "date": "2026-11-03T09:00:00Z"})]
-    st = report.ChapterState.from_results("distortion", rs, expected=["table5", "table6", "figure2"])
-    assert (st.device, st.date, st.gpu_minutes) == ("NVIDIA H200", "2026-11-03", 40.0)
+def test_chapter_state_from_item_states():
+    states = [dict(name="table5", state="done", gpu=True, device="NVIDIA H200", seconds=1800.0,
+                   date="2026-11-02T10:00:00Z"),
+              dict(name="table6", state="stale", gpu=True, device="NVIDIA H100", seconds=600.0,
+                   date="2026-11-03T09:00:00Z"),
+              dict(name="jpeg", state="done", gpu=False, device="cpu", seconds=600.0, date="2026-11-01T09:00:00Z"),
+              dict(name="figure2", state="missing", gpu=True)]
+    st = report.ChapterState.from_states("distortion", states, "python -m recollect run distortion --profile paper")
+    assert (st.device, st.date, st.gpu_minutes) == ("NVIDIA H200, cpu", "2026-11-02", 30.0)
     assert st.missing == ("figure2",) and st.stale == ("table6",)
     text = " ".join(repr(report.status_banner("paper", st)).split())
-    assert "NVIDIA H200 on 2026-11-03, 40 GPU-minutes" in text and "figure2" in text and "table6" in text
+    assert "NVIDIA H200, cpu on 2026-11-02, 30 GPU-minutes" in text and "figure2" in text and "table6" in text
     assert "python -m recollect run distortion --profile paper" in text

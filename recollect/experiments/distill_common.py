@@ -62,7 +62,7 @@ __all__ = [
     "eq4_sizes", "train_teacher", "train_generator", "run_students", "load_classifier", "load_generator",
     "student_groups", "teacher_loops", "generator_loops", "student_loops", "register_teacher",
     "register_generator", "register_students", "seed_roles", "student_seed", "teacher_seed", "generator_seed",
-    "teacher_frame", "generator_frame", "student_frame", "pool_frame", "dataset_of", "item_config",
+    "teacher_frame", "generator_frame", "student_frame", "pool_frame", "item_config",
 ]
 
 IMAGE_SHAPE = (1, 28, 28)
@@ -184,10 +184,6 @@ def _omniglot_splits(train_fraction: float, split_seed: int, tasks, n_train, n_t
     if n_test is not None:
         te = te.subset(torch.arange(min(int(n_test), len(te))))
     return Splits(tr, {"test": te}, mask, OMNIGLOT_CLASSES, OMNIGLOT_TASKS)
-
-
-def dataset_of(cfg) -> str:
-    return cfg.data.dataset
 
 
 # ------------------------------------------------------------------------------------------------

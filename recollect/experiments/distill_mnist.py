@@ -62,7 +62,6 @@ PAPER_PARAM_RATIO = paper.PARAM_RATIO_168_VS_38
 #: the teacher this chapter aims for (the paper's is 99.29%)
 TEACHER_TARGET = 99.2
 SAMPLINGS = (("random", 1), ("active", ACTIVE_K))
-_GEN_OF = {"10x Compress": "10x", "50x Compress": "50x", "100x Compress": "100x"}
 
 #: smoke: 2,000 training, 300 validation and 300 test images; probes: the paper's shapes, few images
 SMOKE_DATA = MnistData(n_train=2000, n_val=300, n_test=300)
@@ -178,10 +177,6 @@ def _register_all():
 
 
 _register_all()
-
-
-def _profile(ctx) -> str:
-    return "smoke" if ctx.smoke else "paper"
 
 
 def _cfg(name: str, ctx):

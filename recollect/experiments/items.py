@@ -36,6 +36,7 @@ import importlib
 import json
 import os
 import pathlib
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -43,7 +44,7 @@ from typing import Any, Callable
 import torch
 
 from .. import results as R
-from ..cache import cache_dir
+from ..cache import smoke_results_dir
 from ..train import probe
 
 __all__ = ["Item", "Loop", "Job", "Missing", "register", "registry", "get_item", "chapter_items", "run_item",
@@ -258,10 +259,19 @@ def run_item(item: Item, profile: str, device, store: R.ResultStore | None, *, p
     if store is not None and profile != "probe":
         store.put(res)
         if ck is not None:
-            for stale in ck.parent.glob(f"{item.name}-*.ckpt"):
+            for stale in checkpoint_files(ck.parent.parent, item):  # this config's and older configs'
                 stale.unlink()
     memo[item.key] = res
     return res
+
+
+def checkpoint_files(root, item: Item) -> list[pathlib.Path]:
+    """The machine-local checkpoints of ``item`` under ``root`` (one per config it was started with:
+    ``<chapter>/<name>-<config hash>.ckpt``), not those of items whose names merely start with its
+    name (``gem-50`` is not ``gem-50-adam``)."""
+    pat = re.compile(re.escape(item.name) + r"-[0-9a-f]{16}\.ckpt")
+    d = pathlib.Path(root) / item.chapter
+    return sorted(p for p in d.glob(f"{item.name}-*.ckpt") if pat.fullmatch(p.name)) if d.is_dir() else []
 
 
 def _sync(dev):
@@ -415,7 +425,7 @@ def fetch(ctx, key: str) -> R.Result | Missing:
     item = get_item(key)
     if ctx.profile == "smoke":
         cfg = _with_seeds(item.cfg("smoke"), ctx.seeds_given)
-        store = R.ResultStore(cache_dir() / "results")
+        store = R.ResultStore(smoke_results_dir())
         got = store.get(key, _as_dict(cfg))
         if got is not None:
             if key not in _CHECKED.get(item.chapter, {}) and item.versioned_by is None:

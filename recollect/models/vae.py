@@ -52,8 +52,7 @@ def gumbel_softmax_st(logits: torch.Tensor, tau: float = 1.0, generator: torch.G
         scores = logp
     soft = F.softmax(scores / tau, dim=-1)
     index = scores.argmax(-1)
-    # F.one_hot checks the index range on the host (a sync on the CPU); scatter builds the same one-hot
-    hard = torch.zeros_like(soft).scatter_(-1, index.unsqueeze(-1), 1.0)
+    hard = one_hot(index, soft.shape[-1], soft.dtype)  # no host sync, unlike F.one_hot
     return hard - soft.detach() + soft, index
 
 

@@ -6,7 +6,20 @@ import torch
 from .capture import CapturedStep, backward_step
 from .probe import tick
 
-__all__ = ["run_epochs", "noise_generator", "group_batches", "masked_logits", "evaluate", "predict_proba", "iterate"]
+__all__ = ["run_epochs", "host_copy", "noise_generator", "group_batches", "masked_logits", "evaluate", "predict_proba", "iterate"]
+
+
+def host_copy(obj):
+    """A copy of a (nested) state dict with every tensor detached and copied to the host once:
+    nothing aliases the live state, and nothing is copied on the device (a fused model can be
+    gigabytes on a GPU)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
 
 
 def noise_generator(generator, device):

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from ..grouped import GroupedAdam, equal_runs, grouped_soft_cross_entropy, stack_groups
 from .autoencoder import decode_all
 from .capture import CapturedStep, backward_step
-from .common import evaluate, iterate, predict_proba
+from .common import evaluate, host_copy, iterate, predict_proba
 from .probe import tick
 
 __all__ = ["Pool", "one_hot_targets", "teacher_targets", "labelled_pool", "teacher_pool", "recollection_pool",
@@ -220,26 +220,8 @@ def _sampler_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 2654435761 % (2 ** 63) + 1)
 
 
-def _cpu(obj):
-    """A copy of a (nested) state dict with every tensor detached, compact and on the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
-
-
 def _optimizer_state(d: dict, opt, lrs: list) -> dict:
-    """The saved optimizer state of a student run, checked against the run's learning rates; a state
-    of the earlier ``RunAdam`` (keys step/m/v/lr) is converted to ``GroupedAdam``'s layout."""
-    if "state" not in d:  # RunAdam, before the one optimizer path
-        saved = [float(v) for v in d["lr"]]
-        d = {"state": {i: {"step": torch.tensor(float(d["step"])), "m": m, "v": v}
-                       for i, (m, v) in enumerate(zip(d["m"], d["v"]))},
-             "param_groups": [dict({k: v for k, v in opt.param_groups[0].items() if k != "params"},
-                                   lr=torch.tensor(saved, dtype=torch.float64), params=list(range(len(d["m"]))))]}
+    """The saved optimizer state of a student run, checked against the run's learning rates."""
     saved = torch.as_tensor(d["param_groups"][0]["lr"], dtype=torch.float64).flatten().tolist()
     if len(saved) == 1:
         saved = saved * len(lrs)
@@ -391,7 +373,7 @@ def train_students(model_factory, pools, seeds, lrs, checkpoints, eval_sets: dic
     def get_state():
         return {"groups": G, "checkpoints": checkpoints, "step": step,
                 "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "optimizer": _cpu(opt.state_dict()), "generators": [g.get_state() for g in gens],
+                "optimizer": host_copy(opt.state_dict()), "generators": [g.get_state() for g in gens],
                 "accuracy": acc.clone()}
 
     def draws(t0_, n):

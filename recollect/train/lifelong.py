@@ -88,7 +88,7 @@ from ..grouped import grouped_cross_entropy
 from ..metrics import summarize
 from ..models import make_classifier
 from .capture import CapturedStep, autocast, backward_step
-from .common import masked_logits
+from .common import host_copy, masked_logits
 from .methods import Learner, LifelongMethod, Setting, StoragePlan, as_input, get_method, init_groups, method_names
 from .probe import tick
 
@@ -368,18 +368,6 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _host_copy(obj):
-    """A copy of a (nested) state dict with every tensor copied to the host: nothing aliases the live
-    state, and nothing is copied on the device (the fused model can be gigabytes on a GPU)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _host_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_host_copy(v) for v in obj)
-    return obj
-
-
 _UNSET = object()
 
 
@@ -626,7 +614,7 @@ class LifelongHarness:
         if self.runnable:
             d.update(model=self.model.state_dict(), opt=self.opt.state_dict(),
                      blocks=[b.state_dict() for b in self.blocks])
-        return _host_copy(d)
+        return host_copy(d)
 
     def load_state_dict(self, d: dict) -> None:
         """Restore :meth:`state_dict` (``ValueError`` if it belongs to other configs or seeds). Every
