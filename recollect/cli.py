@@ -84,16 +84,10 @@ def execute(src: pathlib.Path, dst: pathlib.Path, profile: str, seeds=None, devi
         os.chdir(cwd)
 
 
-def _renderable(name: str) -> bool:
-    """A chapter is rendered at the paper profile once one of its GPU items has a current result in
-    results/ (until then its book copy keeps the smoke rendering, which says so at its top)."""
-    from .experiments import items as I
-
-    return any(s["state"] == "done" and s["gpu"] for s in I.item_states(name))
-
-
-def _make_items(name: str, device: str | None) -> None:
-    """Make the chapter's missing paper items that this machine can make (module docstring)."""
+def _make_items(name: str, device: str | None, names=None) -> None:
+    """Make the chapter's missing paper items that this machine can make (module docstring); with
+    ``names``, those items (and what they depend on) whatever the plan gives them: a GPU only makes an
+    item sooner, and the narrowest autoencoders take minutes on a CPU."""
     import torch
 
     from . import results as R
@@ -102,8 +96,18 @@ def _make_items(name: str, device: str | None) -> None:
     from .queue import todo
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    want = todo(R.ResultStore(), stages=None, chapters=[name], gpu=None if dev.type == "cuda" else False)
-    if dev.type != "cuda":
+    if names:
+        known = {it.name for it in I.chapter_items(name)}
+        unknown = [n for n in names if n not in known and n.split("/")[-1] not in known]
+        if unknown:
+            raise SystemExit(f"{name} has no item {', '.join(unknown)}; its items: {', '.join(sorted(known))} "
+                             "(`python -m recollect plan --chapter " + name + "`)")
+        want = todo(R.ResultStore(), stages=None, chapters=[name], names=list(names), gpu=None)
+        if not want:
+            print(f"{', '.join(names)}: already current in results/", file=sys.stderr)
+    else:
+        want = todo(R.ResultStore(), stages=None, chapters=[name], gpu=None if dev.type == "cuda" else False)
+    if dev.type != "cuda" and not names:
         gpu_left = todo(R.ResultStore(), stages=None, chapters=[name], gpu=True)
         if gpu_left:
             print(f"{len(gpu_left)} items of {name} need a GPU and are left to `python -m recollect gpu-queue` "
@@ -125,6 +129,8 @@ def main(argv=None) -> int:
     run.add_argument("--seeds", type=int, nargs="+")
     run.add_argument("--device")
     run.add_argument("--no-render", action="store_true", help="make the items only")
+    run.add_argument("--item", nargs="+", metavar="NAME",
+                     help="make these items on this machine, also those the plan gives a GPU (paper profile)")
     smoke = sub.add_parser("smoke", help="regenerate the smoke regression copies and fingerprints")
     smoke.add_argument("chapter", nargs="*")
     render = sub.add_parser("render", help="render chapters at the paper profile from results/ (never trains)")
@@ -165,16 +171,19 @@ def main(argv=None) -> int:
     if args.cmd == "run":
         src = _resolve(args.chapter)
         if args.profile == "paper":
-            _make_items(args.chapter, args.device)
+            _make_items(args.chapter, args.device, args.item)
             if args.no_render:
                 return 0
         execute(src, src, args.profile, args.seeds, args.device)
         return 0
     if args.cmd == "render":
+        from .experiments import items as I
+
         for name in args.chapter or list(chapters()):
             src = _resolve(name)
-            if not args.force and not _renderable(name):
-                print(f"{name}: no paper result yet; its book copy keeps the smoke rendering", file=sys.stderr)
+            if not args.force and not I.renderable(name):
+                print(f"{name}: no paper result of a training item yet; its book copy keeps the smoke rendering",
+                      file=sys.stderr)
                 continue
             execute(src, src, "paper", device="cpu")
             print(f"rendered {src.relative_to(ROOT)} at the paper profile", file=sys.stderr)

@@ -3,13 +3,15 @@
 The figures only draw: each takes the tables (or, for the recollections, the decoded images) that the
 chapter module ``recollect.experiments.<chapter>`` makes from the items' payloads, and returns the
 matplotlib figure. A function that takes results passes a
-:class:`~recollect.experiments.items.Missing` through (``needs_results``), so a chapter rendered at the
-paper profile shows what is not made yet instead of failing. Names: ``<chapter module>_<what>``;
+:class:`~recollect.experiments.items.Missing` through and displays it (a figure cell ends in ``;``, so
+its value is not shown), so a chapter rendered at the paper profile says what is not made yet instead
+of failing or showing nothing; Figure 2 and its companions draw the parts that are made. Names: ``<chapter module>_<what>``;
 :data:`BY_CHAPTER` lists them per chapter. The docstrings say which figure of the paper each one
 redraws ("no figure of the paper": a figure the chapter adds as evidence).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -21,7 +23,7 @@ from .experiments import distill_omniglot as DO
 from .experiments import distortion as D
 from .experiments import lifelong_cifar as LC
 from .experiments import lifelong_omniglot as LO
-from .experiments.items import Missing, needs_results
+from .experiments.items import Missing, is_missing
 
 __all__ = [
     "BY_CHAPTER",
@@ -46,9 +48,45 @@ BY_CHAPTER = {
 }
 
 
+def _show(m: Missing) -> Missing:
+    """Display ``m`` (a figure cell ends in ``;``: its value is not shown) and return it."""
+    try:
+        from IPython.display import display
+    except ImportError:  # pragma: no cover - IPython comes with the notebook stack
+        print(m.message())
+    else:
+        display(m)
+    return m
+
+
+def needs_results(fn):
+    """A figure's :func:`~recollect.experiments.items.needs_results`: given a :class:`Missing`, it
+    displays it and returns it instead of drawing."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        m = is_missing(*args, *kwargs.values())
+        if m is not None:
+            return _show(m)
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def _made(*parts):
+    """Display each :class:`Missing` among ``parts`` (a figure drawing the rest); True if any part is made."""
+    for p in parts:
+        if isinstance(p, Missing):
+            _show(p)
+    return any(not isinstance(p, Missing) for p in parts)
+
+
 # ------------------------------------------------------------------------------------------------
 # distortion against compression (section 3, Figure 2, Tables 5 and 6, eqs 3-4)
 # ------------------------------------------------------------------------------------------------
+def _rows_made(df, kind: str, total: int) -> str:
+    n = 0 if isinstance(df, Missing) else len(D.best_rows(df))
+    return f"{kind} {n} of {total}"
+
+
 def _axes(ax=None, figsize=(7, 4.5)):
     import matplotlib.pyplot as plt
 
@@ -57,41 +95,57 @@ def _axes(ax=None, figsize=(7, 4.5)):
     return ax.figure, ax
 
 
-@needs_results
 def distortion_figure2(t5, t6, jpeg, ax=None):
     """Figure 2 of the paper (section 3) redrawn: distortion (mean L1, pixels / 255) against compression (log
-    scale); ours filled, the paper's Tables 5 and 6 hollow."""
+    scale); ours filled, the paper's Tables 5 and 6 hollow. Draws the parts that are made (the title
+    counts the rows of each kind) and displays what is not; a :class:`Missing` when nothing is."""
+    if not _made(t5, t6, jpeg):
+        return t5
     fig, ax = _axes(ax)
-    b5, b6 = D.best_rows(t5), D.best_rows(t6).sort_values("compression")
     p5 = np.array([v for v in paper.TABLE5.values()])
     p6 = np.array([v for v in paper.TABLE6.values()])
     ax.scatter(p5[:, 0], p5[:, 1], facecolors="none", edgecolors="C0", marker="o", label="categorical (paper)")
     ax.scatter(p6[:, 0], p6[:, 1], facecolors="none", edgecolors="C1", marker="s", label="continuous (paper)")
-    ax.scatter(b5["compression"], b5["distortion"], color="C0", marker="o", label="categorical (ours)")
-    ax.plot(b6["compression"], b6["distortion"], color="C1", marker="s", label="continuous (ours)")
-    j = jpeg.sort_values("compression")
-    ax.plot(j["compression"], j["distortion"], color="C2", marker="^", label="JPEG (ours)")
-    for r in j.itertuples():
-        ax.annotate(f"q{r.quality}", (r.compression, r.distortion), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7, color="C2")
+    if not isinstance(t5, Missing):
+        b5 = D.best_rows(t5)
+        ax.scatter(b5["compression"], b5["distortion"], color="C0", marker="o", label="categorical (ours)")
+    if not isinstance(t6, Missing):
+        b6 = D.best_rows(t6).sort_values("compression")
+        ax.plot(b6["compression"], b6["distortion"], color="C1", marker="s", label="continuous (ours)")
+    if not isinstance(jpeg, Missing):
+        j = jpeg.sort_values("compression")
+        ax.plot(j["compression"], j["distortion"], color="C2", marker="^", label="JPEG (ours)")
+        for r in j.itertuples():
+            ax.annotate(f"q{r.quality}", (r.compression, r.distortion), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color="C2")
     ax.set_xscale("log")
     ax.set_xlabel("compression (raw 6,272 bits / stored bits)")
     ax.set_ylabel("distortion (mean |x - x_hat|, pixels / 255)")
-    ax.set_title("Figure 2: distortion against compression on MNIST (training set)")
+    title = "Figure 2: distortion against compression on MNIST (training set)"
+    done = (_rows_made(t5, "categorical", len(paper.TABLE5)), _rows_made(t6, "continuous", len(paper.TABLE6)))
+    if isinstance(t5, Missing) or isinstance(t6, Missing) or t5.attrs.get("missing") or t6.attrs.get("missing"):
+        title += f"\nours so far: {done[0]}, {done[1]} rows"
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return fig
 
 
-@needs_results
 def distortion_baselines(t5, jpeg, base, ax=None):
     """Beyond the paper (no figure of it; Figure 2's axes): the categorical VAE among PCA, k-means and
-    downsampling (:func:`recollect.experiments.distortion.baselines`)."""
+    downsampling (:func:`recollect.experiments.distortion.baselines`). Needs the baselines; draws the
+    autoencoders and JPEG where they are made."""
+    if isinstance(base, Missing):
+        return _show(base)
+    _made(t5, jpeg)
     fig, ax = _axes(ax, figsize=(8, 5))
-    b5 = D.best_rows(t5)
-    ax.scatter(b5["compression"], b5["distortion"], color="C0", marker="o", zorder=5, label="categorical VAE (ours)")
-    j = jpeg.sort_values("compression")
-    ax.plot(j["compression"], j["distortion"], color="C2", marker="^", label="JPEG")
+    if not isinstance(t5, Missing):
+        b5 = D.best_rows(t5)
+        ax.scatter(b5["compression"], b5["distortion"], color="C0", marker="o", zorder=5,
+                   label="categorical VAE (ours)")
+    if not isinstance(jpeg, Missing):
+        j = jpeg.sort_values("compression")
+        ax.plot(j["compression"], j["distortion"], color="C2", marker="^", label="JPEG")
     styles = {"PCA, 8-bit coefficients": ("C3", "-"), "PCA, 32-bit coefficients": ("C3", ":"),
               "k-means codebook": ("C4", "-"), "downsample, 8-bit pixels": ("C5", "-"),
               "downsample, 1-bit pixels": ("C5", ":")}
@@ -114,15 +168,20 @@ def distortion_baselines(t5, jpeg, base, ax=None):
     return fig
 
 
-@needs_results
 def distortion_curves(t5, t6):
     """No figure of the paper (it names no number of epochs): per-epoch training loss and distortion (first
     ``curve_images`` images) at each architecture's best learning rate (Tables 5 and 6): the evidence for the
-    number of epochs."""
+    number of epochs. Draws the kinds that are made and displays what is not."""
     import matplotlib.pyplot as plt
 
+    if not _made(t5, t6):
+        return t5
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for df, kind, cmap in ((t5, "categorical", "viridis"), (t6, "continuous", "autumn")):
+        if isinstance(df, Missing):
+            ax = axes[0] if kind == "categorical" else axes[1]
+            ax.text(0.5, 0.5, "not made yet", ha="center", va="center", transform=ax.transAxes, color="0.4")
+            continue
         cur = D.training_curves(df)
         best = D.best_rows(df)
         keys = ["c", "l"] if kind == "categorical" else ["h"]

@@ -20,6 +20,7 @@ import pathlib
 import pandas as pd
 
 from . import report
+from .report import ChapterState
 from .experiments import context
 from .experiments import items as I
 
@@ -60,17 +61,18 @@ def verdict_counts(tables) -> dict[str, int]:
 
 def _state_line(chapter: str) -> tuple[str, str]:
     states = I.item_states(chapter)
+    st = ChapterState.from_states(chapter, states)
     done = [s for s in states if s["state"] == "done"]
-    stale = [s for s in states if s["state"] == "stale"]
     if not done:
         return "smoke only", f"no paper-profile result yet ({len(states)} items to make; `python -m recollect plan`)"
-    devs = ", ".join(sorted({s["device"] for s in done}))
-    dates = sorted(s["date"][:10] for s in done)
-    minutes = sum(float(s["seconds"]) for s in done if s["gpu"]) / 60
-    span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
-    extra = f"; {len(stale)} stale" if stale else ""
+    if not I.renderable(chapter, states):
+        return "smoke only", (f"{len(done)} of {len(states)} items made (those that need no GPU); the chapter keeps "
+                              "its smoke rendering until a first training item is made (`python -m recollect plan`)")
+    first = min(str(s["date"])[:10] for s in done)
+    span = first if first == st.date else f"{first} to {st.date}"
+    extra = f"; {len(st.stale)} stale" if st.stale else ""
     return ("paper profile" + (" (complete)" if len(done) == len(states) else " (partial)"),
-            f"{len(done)} of {len(states)} items on {devs}, {span}, {minutes:.1f} GPU-minutes{extra}; "
+            f"{len(done)} of {len(states)} items on {st.device}, {span}, {st.minutes_text()}{extra}; "
             f"re-run: `python -m recollect run {chapter} --profile paper`")
 
 

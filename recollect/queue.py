@@ -43,6 +43,7 @@ from . import results as R
 from .cache import checkpoints_dir, session_results_dir
 from .experiments import items as I
 from .train import probe
+from .utils import device_name
 
 __all__ = ["LayeredStore", "todo", "estimate_seconds", "preflight", "gpu_queue", "pack", "unpack", "compare_numbers",
            "RATES_FILE", "COUNTS_FILE", "MARGIN"]
@@ -68,12 +69,12 @@ class LayeredStore(R.ResultStore):
         super().__init__(root)
         self.fallbacks = [R.ResultStore(f) if not isinstance(f, R.ResultStore) else f for f in fallbacks]
 
-    def read(self, item: str):
-        got = super().read(item)
+    def read(self, item: str, payload: bool = True):
+        got = super().read(item, payload)
         if got is not None:
             return got
         for f in self.fallbacks:
-            got = f.read(item)
+            got = f.read(item, payload)
             if got is not None:
                 return got
         return None
@@ -83,14 +84,7 @@ class LayeredStore(R.ResultStore):
 # what to run
 # ------------------------------------------------------------------------------------------------
 def _state(item: I.Item, store: R.ResultStore) -> str:
-    try:
-        version = I.current_version(item)
-    except ValueError:
-        return "unversioned"
-    got = store.get(item.key, item.config_dict("paper"), version)
-    if got is None:
-        return "missing"
-    return "stale" if got.stale else "done"
+    return I.item_state(item, store)[0]
 
 
 def todo(store: R.ResultStore, stages=("first",), chapters=None, names=None, gpu: bool | None = True) -> list[I.Item]:
@@ -212,7 +206,7 @@ def preflight(candidates: list[I.Item], device, log, smoke_check: bool = True, s
     checked = {}
     memo: dict = {}
     for it in candidates:
-        rec = {"probe_config": R.config_hash(I._as_dict(it.cfg("probe"))), "device": _device_name(dev),
+        rec = {"probe_config": R.config_hash(I._as_dict(it.cfg("probe"))), "device": device_name(dev),
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ok": True}
         t0 = time.perf_counter()
         try:
@@ -273,10 +267,6 @@ class _strict_sync:
 
             capture.STRICT_SYNC = False
         return False
-
-
-def _device_name(dev) -> str:
-    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -382,7 +372,7 @@ def gpu_queue(budget: float, out: str | os.PathLike, *, stages=("first",), chapt
     store = LayeredStore(made, [session, R.results_dir()])
     ck_root = pathlib.Path(checkpoint_root or checkpoints_dir())
     lines: list[str] = []
-    log_doc = {"budget": budget, "device": _device_name(dev), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    log_doc = {"budget": budget, "device": device_name(dev), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "done": [], "failed": [], "skipped": [], "preflight": {}, "lines": lines}
 
     def log(msg):

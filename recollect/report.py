@@ -286,7 +286,8 @@ def table(df: pd.DataFrame, digits: int | Mapping[str, int] = 2,
 class ChapterState:
     """Where a chapter's stored outputs come from (what ``status_banner`` and the overview show).
 
-    ``device``, ``date`` (ISO day), ``gpu_minutes`` and ``command`` describe a paper-profile run;
+    ``device``, ``date`` (ISO day), ``gpu_minutes`` (results made on a GPU), ``cpu_minutes`` (made on
+    a CPU) and ``command`` describe a paper-profile run;
     ``missing`` and ``stale`` name the results (tables, figures) not made yet, or made by older code
     or settings than the chapter's current ones.
     """
@@ -294,6 +295,7 @@ class ChapterState:
     device: str | None = None
     date: str | None = None
     gpu_minutes: float | None = None
+    cpu_minutes: float | None = None
     command: str | None = None
     missing: tuple = ()
     stale: tuple = ()
@@ -301,17 +303,25 @@ class ChapterState:
     @classmethod
     def from_states(cls, chapter: str, states, command: str | None = None) -> "ChapterState":
         """The state of a chapter from its items' states (``recollect.experiments.items.item_states``:
-        dicts with ``name``, ``state`` (done / stale / missing), ``gpu`` and, when made, ``device``,
-        ``seconds`` and ``date``). Devices of the current results are listed once each, the date is the
-        latest day, the minutes are those of the GPU items."""
+        dicts with ``name``, ``state`` (done / stale / missing / unversioned) and, when made,
+        ``device``, ``on_gpu``, ``seconds`` and ``date``). Devices of the current results are listed
+        once each, the date is the latest day; the minutes are counted apart for results made on a
+        GPU and on a CPU (a result at the paper's settings may be made on either)."""
         done = [s for s in states if s["state"] == "done"]
         devices = sorted({s["device"] for s in done if s.get("device")})
         dates = sorted(str(s["date"])[:10] for s in done if s.get("date"))
-        minutes = sum(float(s.get("seconds") or 0.0) for s in done if s.get("gpu")) / 60
+        gpu = sum(float(s.get("seconds") or 0.0) for s in done if s.get("on_gpu")) / 60
+        cpu = sum(float(s.get("seconds") or 0.0) for s in done if not s.get("on_gpu")) / 60
         return cls(chapter=chapter, device=", ".join(devices) or None, date=dates[-1] if dates else None,
-                   gpu_minutes=minutes if done else None, command=command,
-                   missing=tuple(s["name"] for s in states if s["state"] == "missing"),
+                   gpu_minutes=gpu if done else None, cpu_minutes=cpu if done else None, command=command,
+                   missing=tuple(s["name"] for s in states if s["state"] in ("missing", "unversioned")),
                    stale=tuple(s["name"] for s in states if s["state"] == "stale"))
+
+    def minutes_text(self) -> str:
+        """``"12 GPU-minutes and 40 CPU-minutes"`` (the parts that are there), or ``""``."""
+        parts = [f"{m:.0f} {what}-minutes" for m, what in ((self.gpu_minutes, "GPU"), (self.cpu_minutes, "CPU"))
+                 if m is not None and (m > 0 or what == "GPU")]
+        return " and ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -397,8 +407,8 @@ def status_banner(profile: str, state: ChapterState | Mapping | None = None, *,
             made.append(f"on {state.date}")
         lead = "The stored outputs of this chapter come from the paper profile (the paper's settings)"
         lead += (", made " + " ".join(made)) if made else ""
-        if state.gpu_minutes is not None:
-            lead += f", {state.gpu_minutes:.0f} GPU-minutes"
+        if state.minutes_text():
+            lead += f", {state.minutes_text()}"
         lead += "."
         if items:
             return StatusBanner("warning", "Paper profile, partly missing or stale",

@@ -26,6 +26,7 @@ written as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` so the JSON st
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -34,11 +35,12 @@ import os
 import pathlib
 import platform
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
+from .utils import atomic_write
 
 __all__ = ["RESULTS_ENV", "ROOT", "results_dir", "encode", "decode", "fingerprint", "config_hash", "Result",
            "ResultStore", "provenance", "atomic_write", "MAX_NPZ_BYTES"]
@@ -52,24 +54,6 @@ MAX_NPZ_BYTES = 15 * 2**20
 def results_dir() -> pathlib.Path:
     """``$RECOLLECT_RESULTS`` or the repository's ``results/``."""
     return pathlib.Path(os.environ.get(RESULTS_ENV) or ROOT / "results")
-
-
-def atomic_write(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: a kill leaves the old file or
-    the new one, never half of one."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,10 +184,24 @@ def _git(*args) -> str:
         return ""
 
 
+@functools.lru_cache(maxsize=1)
+def code_hash() -> str:
+    """sha256 (16 hex digits) of the library's source as it is now: every ``.py`` file of the
+    ``recollect`` package and its settings file, by relative path. A smoke result in the local cache
+    is reused only when it was made by the same code (so its fingerprint check means something)."""
+    pkg = ROOT / "recollect"
+    h = hashlib.sha256()
+    for p in sorted([*pkg.rglob("*.py"), pkg / "portable.env"]):
+        if p.is_file() and "__pycache__" not in p.parts:
+            h.update(p.relative_to(pkg).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def provenance(device, seconds: float) -> dict:
-    """Where and how a result was made: commit (with ``+dirty`` when the tree had changes), torch,
-    the device (the GPU's name), seconds, date (UTC). The commit may also come from
-    ``$RECOLLECT_COMMIT`` (a GPU host receives a copy of the tree without its git history)."""
+    """Where and how a result was made: commit (with ``+dirty`` when the tree had changes), the
+    library's source (:func:`code_hash`), torch, the device (the GPU's name), seconds, date (UTC).
+    The commit may also come from ``$RECOLLECT_COMMIT`` (a GPU host receives a copy of the tree
+    without its git history)."""
     import torch
 
     dev = torch.device(device)
@@ -214,7 +212,7 @@ def provenance(device, seconds: float) -> dict:
         gpu = torch.cuda.get_device_name(dev)
     else:
         gpu = None
-    return {"commit": commit, "torch": torch.__version__, "python": platform.python_version(),
+    return {"commit": commit, "code": code_hash(), "torch": torch.__version__, "python": platform.python_version(),
             "device": gpu or f"CPU ({platform.machine()})", "gpu": gpu, "seconds": round(float(seconds), 3),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
@@ -260,8 +258,12 @@ class Result:
         return js, buf.getvalue()
 
     @classmethod
-    def from_files(cls, js: bytes, npz: bytes | None) -> "Result":
+    def from_files(cls, js: bytes, npz: bytes | None, payload: bool = True) -> "Result":
+        """The result of its files; ``payload=False`` reads only what describes it (its payload is
+        then None: for state checks, which need no arrays)."""
         doc = json.loads(js)
+        if not payload:
+            return cls(doc["item"], doc["profile"], decode(doc["config"], {}), doc["version"], doc["provenance"], None)
         arrays = {}
         if doc.get("arrays"):
             if npz is None:
@@ -294,14 +296,17 @@ class ResultStore:
         base = self.root / chapter / name
         return base.with_suffix(".json"), base.with_suffix(".npz")
 
-    def read(self, item: str) -> Result | None:
+    def read(self, item: str, payload: bool = True) -> Result | None:
         js, npz = self.paths(item)
         if not js.exists():
             return None
+        if not payload:
+            return Result.from_files(js.read_bytes(), None, payload=False)
         return Result.from_files(js.read_bytes(), npz.read_bytes() if npz.exists() else None)
 
-    def get(self, item: str, config: dict | None = None, version: str | None = None) -> Result | None:
-        res = self.read(item)
+    def get(self, item: str, config: dict | None = None, version: str | None = None,
+            payload: bool = True) -> Result | None:
+        res = self.read(item, payload)
         if res is None:
             return None
         if config is not None and res.config_hash != config_hash(config):

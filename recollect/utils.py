@@ -4,14 +4,17 @@ from __future__ import annotations
 import hashlib
 import numbers
 import os
+import pathlib
 import random
+import tempfile
 import time
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-__all__ = ["threads", "seed_everything", "pick_device", "generator", "Timer", "device_name", "derive_seed"]
+__all__ = ["threads", "seed_everything", "pick_device", "generator", "Timer", "device_name", "derive_seed",
+           "atomic_write"]
 
 
 def seed_everything(seed: int) -> None:
@@ -92,3 +95,21 @@ def threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def atomic_write(path: pathlib.Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: a kill leaves the old file or
+    the new one, never half of one."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

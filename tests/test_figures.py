@@ -64,6 +64,29 @@ def test_every_figure_function_is_listed_once_and_passes_missing_results_through
         assert fn(*[m] * len(need)) is m, name
 
 
+def test_figure2_draws_the_parts_that_are_made_and_shows_the_rest(capsys):
+    """At the paper profile a chapter is partly made for a long time: Figure 2 and its companions draw
+    what is there, and say (displayed, since figure cells end in ';') what is not."""
+    (args, _) = _small_distortion()
+    t5, t6, jpeg = args["distortion_figure2"]
+    m5 = I.Missing(["distortion/ae-categorical-6-2"])
+    fig = F.distortion_figure2(m5, t6, jpeg)
+    assert isinstance(fig, matplotlib.figure.Figure)
+    ax = fig.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert "continuous (ours)" in labels and "JPEG (ours)" in labels and "categorical (ours)" not in labels
+    assert "categorical 0 of 27, continuous 2 of 6" in ax.get_title()
+    plt.close(fig)
+    assert "ae-categorical-6-2 is not yet made" in capsys.readouterr().out
+    fig = F.distortion_curves(m5, t6)
+    assert isinstance(fig, matplotlib.figure.Figure) and "not made yet" in [t.get_text() for t in fig.axes[0].texts]
+    plt.close(fig)
+    m = I.Missing(["distortion/baselines"])
+    assert F.distortion_baselines(t5, jpeg, m) is m
+    assert F.distortion_figure2(m5, m5, m5) is m5
+    assert "distortion/baselines is not yet made" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------------------------ small tables
 def _ae(labels, lrs=(1e-2, 1e-3), epochs=3):
     res = [dict(lrs=list(lrs), distortion=[0.02 * (i + 1) + 0.01 * g for g in range(len(lrs))],

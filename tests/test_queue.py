@@ -230,3 +230,58 @@ def test_checkpoint_files_are_the_items_own(tmp_path):
     assert I.checkpoint_files(tmp_path, I.get_item("lifelong-omniglot/gem-50")) == own
     assert I.checkpoint_files(tmp_path, I.get_item("lifelong-omniglot/gem-50-adam")) == [other]
     assert I.checkpoint_files(tmp_path / "nowhere", I.get_item("lifelong-omniglot/gem-50")) == []
+
+
+def test_a_smoke_result_cached_by_other_code_is_made_again(tmp_path, monkeypatch):
+    """The smoke cache answers only for the code that made a result: otherwise its fingerprint check
+    would compare the cached result with itself and miss a change of the code."""
+    from recollect.experiments import context
+
+    monkeypatch.setenv("RECOLLECT_CACHE", str(tmp_path / "cache"))
+    it = I.get_item("distortion/jpeg")
+    cache = R.ResultStore(tmp_path / "cache" / "results")
+    fake = {"table": [1, 2, 3]}
+
+    def cached(code):
+        cache.put(R.Result(it.key, "smoke", it.config_dict("smoke"), R.fingerprint(fake),
+                           {"code": code, "seconds": 0.0}, fake))
+
+    cached("0" * 16)  # another code's result: not used, the item runs again
+    got = I.fetch(context("smoke"), it.key)
+    assert got.version != R.fingerprint(fake) and got.provenance["code"] == R.code_hash()
+    assert got.version == I.current_version(it)  # made again: the committed fingerprint
+    cached(R.code_hash())  # this code's result: used as it is (and checked against the committed fingerprint)
+    got = I.fetch(context("smoke"), it.key)
+    assert got.payload == fake
+    assert not I._CHECKED["distortion"]["jpeg"]  # ... which it does not reproduce
+    I._CHECKED.get("distortion", {}).pop("jpeg", None)
+
+
+def test_item_state_and_a_second_fetch_reads_nothing_again(tmp, monkeypatch):
+    from recollect.experiments import context
+
+    monkeypatch.setenv("RECOLLECT_RESULTS", str(tmp / "results"))
+    it = I.get_item("distortion/jpeg")
+    store = R.ResultStore(tmp / "results")
+    assert I.item_state(it, store) == ("missing", None)
+    store.put(R.Result(it.key, "paper", it.config_dict("paper"), I.current_version(it), {"seconds": 1.0},
+                       {"table": [1, 2]}))
+    state, got = I.item_state(it, store)
+    assert state == "done" and got.payload is None  # the state is read without the payload
+    ctx = context("paper", device="cpu")
+    first = I.fetch(ctx, it.key)
+    assert first.payload == {"table": [1, 2]}
+    for p in store.paths(it.key):
+        if p.exists():
+            p.unlink()
+    assert I.fetch(ctx, it.key) is first  # one rendering reads a result once
+    assert isinstance(I.fetch(context("paper", device="cpu"), it.key), I.Missing)
+    new = I.Item("distortion", "no-smoke-record", "an item without a fingerprint", it.config, it.run, it.loops)
+    assert I.item_state(new, store) == ("unversioned", None)
+
+
+def test_run_names_unknown_items_with_the_chapter_s_own():
+    from recollect.cli import _make_items
+
+    with pytest.raises(SystemExit, match="distortion has no item ae-categorical-7-7; its items: .*ae-continuous-1"):
+        _make_items("distortion", "cpu", ["ae-categorical-7-7"])

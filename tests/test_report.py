@@ -154,15 +154,21 @@ def test_status_banner_paper():
 
 
 def test_chapter_state_from_item_states():
-    states = [dict(name="table5", state="done", gpu=True, device="NVIDIA H200", seconds=1800.0,
+    states = [dict(name="table5", state="done", gpu=True, device="NVIDIA H200", on_gpu=True, seconds=1800.0,
                    date="2026-11-02T10:00:00Z"),
-              dict(name="table6", state="stale", gpu=True, device="NVIDIA H100", seconds=600.0,
+              dict(name="table6", state="stale", gpu=True, device="NVIDIA H100", on_gpu=True, seconds=600.0,
                    date="2026-11-03T09:00:00Z"),
-              dict(name="jpeg", state="done", gpu=False, device="cpu", seconds=600.0, date="2026-11-01T09:00:00Z"),
-              dict(name="figure2", state="missing", gpu=True)]
+              dict(name="jpeg", state="done", gpu=False, device="cpu", on_gpu=False, seconds=600.0,
+                   date="2026-11-01T09:00:00Z"),
+              dict(name="ae-small", state="done", gpu=True, device="cpu", on_gpu=False, seconds=1200.0,
+                   date="2026-11-01T10:00:00Z"),
+              dict(name="figure2", state="missing", gpu=True),
+              dict(name="new-item", state="unversioned", gpu=True)]
     st = report.ChapterState.from_states("distortion", states, "python -m recollect run distortion --profile paper")
-    assert (st.device, st.date, st.gpu_minutes) == ("NVIDIA H200, cpu", "2026-11-02", 30.0)
-    assert st.missing == ("figure2",) and st.stale == ("table6",)
+    # a GPU item made on a CPU counts as CPU time, not GPU time
+    assert (st.device, st.date, st.gpu_minutes, st.cpu_minutes) == ("NVIDIA H200, cpu", "2026-11-02", 30.0, 30.0)
+    assert st.missing == ("figure2", "new-item") and st.stale == ("table6",)
     text = " ".join(repr(report.status_banner("paper", st)).split())
-    assert "NVIDIA H200, cpu on 2026-11-02, 30 GPU-minutes" in text and "figure2" in text and "table6" in text
+    assert "NVIDIA H200, cpu on 2026-11-02, 30 GPU-minutes and 30 CPU-minutes" in text
+    assert "figure2" in text and "table6" in text
     assert "python -m recollect run distortion --profile paper" in text

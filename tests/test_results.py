@@ -143,15 +143,16 @@ def test_paper_profile_reads_results_only(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RECOLLECT_RESULTS", str(tmp_path))
     monkeypatch.setattr(I, "current_version", lambda item: "v-now")
-    ctx = context("paper", device="cpu")
-    CALLS.clear()
-    got = I.result(ctx, "zz-toy/top")
+    CALLS.clear()  # each rendering (a context) reads a result once: a new context after each change
+    got = I.result(context("paper", device="cpu"), "zz-toy/top")
     assert isinstance(got, I.Missing) and got.why == "missing" and CALLS == []
     R.ResultStore(tmp_path).put(R.Result("zz-toy/top", "paper", TOP.config_dict("paper"), "v-old", {}, {"sum": 1.0}))
+    ctx = context("paper", device="cpu")
     got = I.result(ctx, "zz-toy/top")
     assert isinstance(got, I.Missing) and got.why == "stale"
+    assert I.result(ctx, "zz-toy/top").why == "stale"  # asked again in the same rendering: still stale
     R.ResultStore(tmp_path).put(R.Result("zz-toy/top", "paper", TOP.config_dict("paper"), "v-now", {}, {"sum": 2.0}))
-    assert I.result(ctx, "zz-toy/top") == {"sum": 2.0} and CALLS == []
+    assert I.result(context("paper", device="cpu"), "zz-toy/top") == {"sum": 2.0} and CALLS == []
 
 
 def test_every_registered_chapter_item_is_well_formed():

@@ -80,6 +80,14 @@ class Context:
         if trained_seconds is not None:
             print(f"training time recorded with the results: {trained_seconds:.0f} s")
         print(f"torch {torch.__version__}, python {platform.python_version()}")
+        made = [r for k, r in self.seen.items() if k.startswith(chapter + "/") and hasattr(r, "provenance")]
+        if made and not self.smoke:
+            print("where each result used here was made (from its provenance in results/):")
+            for r in sorted(made, key=lambda r: r.item):
+                pv = r.provenance
+                print(f"  {r.item}: {pv.get('device', '?')}, {str(pv.get('date', ''))[:10]}, "
+                      f"{float(pv.get('seconds', 0.0)):.0f} s, commit {pv.get('commit', '?')}, torch {pv.get('torch', '?')}"
+                      + (" (stale)" if getattr(r, "stale", False) else ""))
         for line in notes:
             print(line)
         if self.smoke:

@@ -49,7 +49,8 @@ from ..train import probe
 
 __all__ = ["Item", "Loop", "Job", "Missing", "register", "registry", "get_item", "chapter_items", "run_item",
            "result", "fetch", "collect", "needs_results", "is_missing", "current_version", "smoke_record", "SMOKE_DIR",
-           "CHAPTER_MODULES", "FINGERPRINT_ENV", "REHEARSAL_ENV", "Incomplete", "TIME_LIMIT_ENV", "StageMismatch", "verify_versions"]
+           "CHAPTER_MODULES", "FINGERPRINT_ENV", "REHEARSAL_ENV", "Incomplete", "TIME_LIMIT_ENV", "StageMismatch", "verify_versions",
+           "item_state", "item_states", "checkpoint_files", "renderable"]
 
 #: chapter name -> module (the registry imports them all)
 CHAPTER_MODULES = {
@@ -232,8 +233,8 @@ def run_item(item: Item, profile: str, device, store: R.ResultStore | None, *, p
             except ValueError:
                 version = None
             got = store.get(k, dep.config_dict(p), version)
-            if got is not None and got.stale:
-                got = None  # never build on a stale dependency: make it again
+            if got is not None and (got.stale or (p == "smoke" and got.provenance.get("code") != R.code_hash())):
+                got = None  # never build on a stale dependency (or a smoke one other code made): make it again
         if got is None:
             got = run_item(dep, profile, dev, store, progress=progress, checkpoint_root=checkpoint_root,
                            deadline=deadline, _memo=memo)
@@ -418,15 +419,23 @@ def _with_seeds(cfg, seeds):
 def fetch(ctx, key: str) -> R.Result | Missing:
     """The :class:`~recollect.results.Result` of item ``key`` at ``ctx``'s profile.
 
-    smoke: from the working cache, else run now (with what it depends on). paper: from ``results/``
+    smoke: from the working cache when the same code made it (:func:`recollect.results.code_hash`),
+    else run now (with what it depends on). paper: from ``results/``
     only; when absent, of another config or stale, a :class:`Missing` (a stale payload is never shown
     as current). Every result fetched is recorded in ``ctx.seen`` (for the chapter's status and
-    provenance)."""
+    provenance), and a second fetch of the same key in one rendering is answered from there."""
+    prev = ctx.seen.get(key)
+    if prev is not None:
+        if isinstance(prev, R.Result) and prev.stale:
+            return Missing([key], why="stale")
+        return prev
     item = get_item(key)
     if ctx.profile == "smoke":
         cfg = _with_seeds(item.cfg("smoke"), ctx.seeds_given)
         store = R.ResultStore(smoke_results_dir())
         got = store.get(key, _as_dict(cfg))
+        if got is not None and got.provenance.get("code") != R.code_hash():
+            got = None  # made by other code: its fingerprint would check nothing; run it again
         if got is not None:
             if key not in _CHECKED.get(item.chapter, {}) and item.versioned_by is None:
                 _smoke_fingerprint(item, got)
@@ -465,24 +474,40 @@ def collect(ctx, keys) -> tuple[dict, list]:
 # ------------------------------------------------------------------------------------------------
 # a chapter's state
 # ------------------------------------------------------------------------------------------------
+def item_state(item: Item, store: R.ResultStore | None = None) -> tuple[str, R.Result | None]:
+    """``(state, result)`` of ``item``'s paper-profile result in ``store`` (``results/`` by default):
+    ``done`` (current), ``stale`` (older code or settings), ``missing``, or ``unversioned`` (the item
+    has no smoke fingerprint yet, so no result of it can be current: run ``make smoke``). The result
+    is read without its payload (None): a state needs no arrays."""
+    store = store if store is not None else R.ResultStore()
+    try:
+        version = current_version(item)
+    except ValueError:
+        return "unversioned", None
+    got = store.get(item.key, item.config_dict("paper"), version, payload=False)
+    if got is None:
+        return "missing", None
+    return ("stale" if got.stale else "done"), got
+
+
 def item_states(chapter: str) -> list[dict]:
-    """Every paper-profile item of ``chapter`` with its state in ``results/``: ``done`` (with date,
-    device, seconds), ``stale`` or ``missing``."""
+    """Every paper-profile item of ``chapter`` with its state in ``results/`` (:func:`item_state`) and,
+    when made, the date, device, whether that device was a GPU (``on_gpu``) and the seconds."""
     store = R.ResultStore()
     out = []
     for it in chapter_items(chapter):
-        got = store.get(it.key, it.config_dict("paper"), _safe_version(it))
-        if got is None:
-            st = {"state": "missing"}
-        else:
-            st = {"state": "stale" if got.stale else "done", "date": got.provenance.get("date", ""),
-                  "device": got.provenance.get("device", ""), "seconds": got.provenance.get("seconds", 0.0)}
+        state, got = item_state(it, store)
+        st = {"state": state}
+        if got is not None:
+            st.update(date=got.provenance.get("date", ""), device=got.provenance.get("device", ""),
+                      on_gpu=got.provenance.get("gpu") is not None, seconds=got.provenance.get("seconds", 0.0))
         out.append(dict(item=it.key, name=it.name, title=it.title, stage=it.stage, gpu=it.gpu, **st))
     return out
 
 
-def _safe_version(item: Item) -> str | None:
-    try:
-        return current_version(item)
-    except ValueError:
-        return None
+def renderable(chapter: str, states: list[dict] | None = None) -> bool:
+    """Is ``chapter`` rendered at the paper profile? Once one of the items the plan gives a GPU has a
+    current result (made on a GPU or not): until then its book copy keeps the smoke rendering, which
+    says so at its top (the CPU-only items alone, JPEG for example, make no chapter)."""
+    states = item_states(chapter) if states is None else states
+    return any(s["state"] == "done" and s["gpu"] for s in states)

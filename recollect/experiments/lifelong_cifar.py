@@ -63,7 +63,7 @@ from ..train.checkpoint import Checkpointer
 from ..train.lifelong import LifelongConfig, plan_storage
 from ..utils import generator, seed_everything, threads
 from . import lifelong_common as L
-from .items import Item, Loop, Missing, collect, get_item, needs_results, register, result
+from .items import Item, Loop, Missing, get_item, needs_results, register, result
 
 __all__ = ["BAND", "NAME", "CHAPTER", "SPLITS", "IMAGE_SHAPE", "IMAGE_BITS", "PAPER_BUDGETS", "PAPER_TOTAL",
            "PAPER_SEEDS", "PROBE_ONLINE", "FACTS", "ROWS", "CifarRun", "PretrainConfig", "PAPER", "PAPER_PRETRAIN",
@@ -659,9 +659,7 @@ def pretrain_line(pre: dict) -> str:
 
 def _payloads(ctx):
     """``([(item, cfg, payload)], missing)`` of the runs this rendering uses."""
-    its = _run_items(ctx)
-    got, missing = collect(ctx, [it.key for it in its])
-    return [(it, it.cfg(ctx.profile), got[it.key]) for it in its if it.key in got], missing
+    return L.payloads(ctx, _run_items(ctx))
 
 
 def _order(s: pd.Series) -> pd.Series:
@@ -697,21 +695,15 @@ def run_rows(ctx) -> pd.DataFrame | Missing:
     runs, missing = _payloads(ctx)
     if not runs:
         return Missing(missing)
-    out = []
-    for it, cfg, pl in runs:
-        f = pl["stream"]
-        for r, res in zip(rows(cfg), L.results_of(pl)):
-            lc = LifelongConfig(**res.config)
-            base = {"split": cfg.split, "item": it.name, "key": r["key"], "row": r["label"],
-                    "tables": "+".join(r["tables"]), "method": r["method"], "baseline": r["baseline"],
-                    "budget": r["budget"],
-                    "paper_budget": r["paper_budget"], "paper3": r["paper3"], "paper4": r["paper4"],
-                    "classes": f["classes"], "items": res.storage["capacity"], "runnable": res.runnable,
-                    "reason": res.storage["reason"], "optimizer": L.optimizer_text(lc),
-                    "memory": L.memory_text(lc, res.storage, f["tasks"], f["max_train_per_task"])}
-            for rec in res.summary().to_dict("records"):
-                out.append(dict(base, **rec))
-    df = pd.DataFrame(out).sort_values(["split", "key", "seed"], key=_order, kind="stable").reset_index(drop=True)
+    classes = {it.key: pl["stream"]["classes"] for it, _, pl in runs}
+
+    def fields(it, cfg, r):
+        return {"split": cfg.split, "item": it.name, "key": r["key"], "row": r["label"],
+                "tables": "+".join(r["tables"]), "method": r["method"], "baseline": r["baseline"],
+                "budget": r["budget"], "paper_budget": r["paper_budget"], "paper3": r["paper3"],
+                "paper4": r["paper4"], "classes": classes[it.key]}
+
+    df = pd.DataFrame(L.run_records(runs, rows, fields)).sort_values(["split", "key", "seed"], key=_order, kind="stable").reset_index(drop=True)
     df.attrs["missing"] = list(missing)
     return df
 
@@ -746,41 +738,23 @@ def runs_line(df: pd.DataFrame) -> str:
 # ------------------------------------------------------------------------------------------------
 # tables (the claims: recollect.claims.lifelong_cifar)
 # ------------------------------------------------------------------------------------------------
-def _agg(df: pd.DataFrame, col: str) -> pd.DataFrame:
-    g = df.groupby(["split", "key"], sort=False)
-    out = g.agg(row=("row", "first"), method=("method", "first"), baseline=("baseline", "first"),
-                items=("items", "first"),
-                paper3=("paper3", "first"), paper4=("paper4", "first"), runnable=("runnable", "first"),
-                reason=("reason", "first"), optimizer=("optimizer", "first"), memory=("memory", "first"),
-                mean=(col, "mean"), sd=(col, "std"), runs=(col, "count"))
-    out["sd"] = out["sd"].fillna(0.0)
-    return out.reset_index()
+RUN_WITH = L.RUN_WITH
+_FIRST = ("row", "method", "baseline", "items", "paper3", "paper4", "runnable", "reason", "optimizer", "memory")
 
 
-#: the column of the tables that says what a row ran with (issue 15)
-RUN_WITH = "optimizer, lr, batch"
+def _no_verdict(r) -> str | None:
+    if not r["runnable"]:
+        return f"cannot run ({r['reason']})"
+    if r["baseline"] == "harness":
+        return "not the published method (this harness's optimizer)"
+    if r["baseline"] == "published" and r["split"] != "gem":
+        return "the paper's value was made on GEM's split (compared there)"
+    return None
 
 
 def _compare(df: pd.DataFrame, table: str, measure: str):
-    a = _agg(df[df.tables.str.contains(table)], f"ACC_{measure}")
-    col = "paper3" if table == "3" else "paper4"
-    out, nv = [], {}
-    for _, r in a.iterrows():
-        ok = bool(r["runnable"])
-        p = r[col]
-        rec = {"split": r["split"], "row": r["row"], RUN_WITH: r["optimizer"], "memory": r["memory"],
-               "paper": None if p is None or pd.isna(p) else float(p),
-               "ours": float(r["mean"]) if ok else float("nan"), "sd": float(r["sd"]) if ok else float("nan"),
-               "runs": int(r["runs"]) if ok else 0}
-        out.append(rec)
-        key = (rec["split"], rec["row"], rec[RUN_WITH], rec["memory"])
-        if not ok:
-            nv[key] = f"cannot run ({r['reason']})"
-        elif r["baseline"] == "harness":
-            nv[key] = "not the published method (this harness's optimizer)"
-        elif r["baseline"] == "published" and r["split"] != "gem":
-            nv[key] = "the paper's value was made on GEM's split (compared there)"
-    return out, nv
+    a = L.aggregate(df[df.tables.str.contains(table)], ["split", "key"], f"ACC_{measure}", _FIRST)
+    return L.compare_records(a, "paper3" if table == "3" else "paper4", ("split", "row"), _no_verdict)
 
 
 @needs_results
@@ -818,6 +792,4 @@ def online_table(df: pd.DataFrame) -> pd.DataFrame:
 def transfer_table(df: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds of ACC, BWT, FWT and LA (GEM's definitions, divided by T - 1), task-aware and
     class-incremental, per split and row."""
-    cols = [c for c in df.columns if c.split("_")[0] in ("ACC", "BWT", "FWT", "LA")]
-    ok = df[df.runnable]
-    return ok.groupby(["split", "row"], sort=False)[cols].mean().reset_index()
+    return L.transfer_means(df, ["split", "row"])

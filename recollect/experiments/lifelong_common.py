@@ -23,6 +23,10 @@ is one *fused run* of the lifelong harness (``recollect.train.lifelong``), and i
   stores (issue 15: every baseline row states its optimizer, learning rate, batch and memory in the
   table itself); :func:`storage_row` is a row of a chapter's storage table, with what a method holds
   beyond its budget while a task runs (iCaRL: the whole current task).
+* The tables of both chapters are built alike from the payloads (:func:`payloads`): one record per
+  (run, row, seed) (:func:`run_records`), the mean, sd and count over seeds per row
+  (:func:`aggregate`), the rows for ``report.compare`` with those that get no verdict
+  (:func:`compare_records`), and the mean of the transfer metrics (:func:`transfer_means`).
 """
 from __future__ import annotations
 
@@ -32,13 +36,14 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..train.checkpoint import Checkpointer
-from ..train.lifelong import AS_PUBLISHED, LifelongResult, n_train_classes, n_updates, run_lifelong
+from ..train.lifelong import AS_PUBLISHED, LifelongConfig, LifelongResult, n_train_classes, n_updates, run_lifelong
 from ..utils import threads
-from .items import Loop, get_item
+from .items import Loop, collect, get_item
 
 __all__ = ["HarnessRun", "CAPTURED", "LOOP_NAMES", "seed_tag", "stream_facts", "run_fused", "payload_of", "results_of",
            "lifelong_loops", "lr_text", "optimizer_text", "memory_text", "storage_row", "select_items", "items_table",
-           "PUBLISHED_NOTE", "HARNESS_NOTE"]
+           "PUBLISHED_NOTE", "HARNESS_NOTE", "RUN_WITH", "payloads", "run_records", "aggregate", "compare_records",
+           "transfer_means"]
 
 #: whether the harness replays each incoming batch's step from a CUDA graph on a GPU (the plan's
 #: estimate differs: host-bound launches against captured kernels). It does
@@ -48,6 +53,8 @@ CAPTURED = True
 #: harness's optimizer instead (issue 15)
 PUBLISHED_NOTE = "as published"
 HARNESS_NOTE = "this harness's optimizer (not the published method)"
+#: the column of the tables that says what a row ran with (issue 15)
+RUN_WITH = "optimizer, lr, batch"
 #: the loop names of the lifelong items (module docstring)
 LOOP_NAMES = ("lifelong", "eval", "herding", "epochs")
 
@@ -265,3 +272,68 @@ def items_table(keys, seeds_of) -> pd.DataFrame:
                     "smoke": "runs" if it.versioned_by is None else f"as {it.versioned_by}",
                     "reduction": it.reduction or "-"})
     return pd.DataFrame(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# tables from the payloads (both chapters)
+# ------------------------------------------------------------------------------------------------
+def payloads(ctx, items: list) -> tuple[list, list]:
+    """``([(item, cfg, payload)], missing)`` of ``items`` at ``ctx``'s profile (those made, and the
+    keys of those not made yet)."""
+    got, missing = collect(ctx, [it.key for it in items])
+    return [(it, it.cfg(ctx.profile), got[it.key]) for it in items if it.key in got], missing
+
+
+def run_records(runs: list, rows_of, fields) -> list[dict]:
+    """One record per (run, method row, seed) of :func:`payloads`' ``runs``: ``fields(item, cfg, row)``
+    (the chapter's own columns, first), then the storage (``items``), ``runnable`` and why not, the
+    optimizer and memory in words, then the row's summary (ACC, BWT, FWT, LA, both measures).
+    ``rows_of(cfg)`` lists the chapter's method rows of a config, in the payload's order."""
+    out = []
+    for it, cfg, pl in runs:
+        f = pl["stream"]
+        for r, res in zip(rows_of(cfg), results_of(pl)):
+            lc = LifelongConfig(**res.config)
+            base = {**fields(it, cfg, r), "items": res.storage["capacity"], "runnable": res.runnable,
+                    "reason": res.storage["reason"], "optimizer": optimizer_text(lc),
+                    "memory": memory_text(lc, res.storage, f["tasks"], f["max_train_per_task"])}
+            for rec in res.summary().to_dict("records"):
+                out.append(dict(base, **rec))
+    return out
+
+
+def aggregate(df: pd.DataFrame, by, col: str, first) -> pd.DataFrame:
+    """Mean, sd (ddof=1; 0 for one run) and number of runs of column ``col`` per ``by`` (in the rows'
+    order), with the columns ``first`` (what the row is) taken from its first record."""
+    g = df.groupby(by, sort=False)
+    out = g.agg(**{c: (c, "first") for c in first}, mean=(col, "mean"), sd=(col, "std"), runs=(col, "count"))
+    out["sd"] = out["sd"].fillna(0.0)
+    return out.reset_index()
+
+
+def compare_records(agg: pd.DataFrame, paper_col: str, key_cols, no_verdict) -> tuple[list, dict]:
+    """Rows for ``report.compare`` from an :func:`aggregate` table: ``key_cols``, what the row ran
+    with (:data:`RUN_WITH`), its memory, the paper's number (``paper_col``) and ours (mean, sd and
+    runs; NaN for a row that cannot run); and ``{key: reason}`` of the rows that get no verdict,
+    ``no_verdict(row)`` giving the reason or None."""
+    out, nv = [], {}
+    for _, r in agg.iterrows():
+        ok = bool(r["runnable"])
+        p = r[paper_col]
+        rec = {**{c: r[c] for c in key_cols}, RUN_WITH: r["optimizer"], "memory": r["memory"],
+               "paper": None if p is None or pd.isna(p) else float(p),
+               "ours": float(r["mean"]) if ok else float("nan"), "sd": float(r["sd"]) if ok else float("nan"),
+               "runs": int(r["runs"]) if ok else 0}
+        out.append(rec)
+        why = no_verdict(r)
+        if why:
+            nv[(*(rec[c] for c in key_cols), rec[RUN_WITH], rec["memory"])] = why
+    return out, nv
+
+
+def transfer_means(df: pd.DataFrame, by) -> pd.DataFrame:
+    """Mean over seeds of ACC, BWT, FWT and LA (GEM's definitions, divided by T - 1), both measures,
+    per ``by``, of the runnable rows."""
+    cols = [c for c in df.columns if c.split("_")[0] in ("ACC", "BWT", "FWT", "LA")]
+    ok = df[df.runnable]
+    return ok.groupby(by, sort=False)[cols].mean().reset_index()

@@ -46,7 +46,7 @@ from .. import accounting, data, paper
 from ..train.lifelong import LifelongConfig, plan_storage
 from ..utils import threads
 from . import lifelong_common as L
-from .items import Item, Missing, collect, get_item, needs_results, register
+from .items import Item, Missing, get_item, needs_results, register
 
 __all__ = ["BAND", "NAME", "CHAPTER", "PAPER_BUDGETS", "ROWS", "PAPER_ROWS", "BEYOND_ROWS", "OmniglotRun", "PAPER",
            "FACTS", "SMOKE_SEEDS", "stream", "rows", "row_configs", "settings", "items_table", "item_keys",
@@ -96,7 +96,7 @@ SINGLE_HEAD = {"single-head-1step-s0": tuple(k for k in PAPER_ROWS if ROWS[k][2]
 #: the same rows (the same fused code path; ``single-head-1step-s0`` runs the single-head one at smoke)
 SINGLE_HEAD_TWIN = {"single-head-3step-s0": "fused-3step-s0"}
 #: the column of the tables that says what a row ran with (issue 15)
-RUN_WITH = "optimizer, lr, batch"
+RUN_WITH = L.RUN_WITH
 
 
 # ------------------------------------------------------------------------------------------------
@@ -401,9 +401,7 @@ def storage_table(ctx) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------
 def _payloads(ctx, which: str = "masked"):
     """``([(item, cfg, payload)], missing)`` of the items this rendering uses (``which``: :func:`_items`)."""
-    its = _items(ctx, which)
-    got, missing = collect(ctx, [it.key for it in its])
-    return [(it, it.cfg(ctx.profile), got[it.key]) for it in its if it.key in got], missing
+    return L.payloads(ctx, _items(ctx, which))
 
 
 def chance(ctx) -> dict | Missing:
@@ -423,21 +421,14 @@ def chance_line(ch: dict) -> str:
             f"{ch['tasks']} alphabets of 100 / characters), class-incremental {ch['class-incremental']:.3f} %")
 
 
+def _fields(it, cfg, r) -> dict:
+    return {"item": it.name, "key": r["key"], "row": _label(r), "method": r["method"], "budget": r["budget"],
+            "steps": r["steps"], "paper_budget": r["paper_budget"], "paper": r["paper"], "beyond": r["beyond"],
+            "baseline": r["baseline"], "heads": r["heads"]}
+
+
 def _rows_of(runs, missing) -> pd.DataFrame:
-    out = []
-    for it, cfg, pl in runs:
-        f = pl["stream"]
-        for r, res in zip(rows(cfg), L.results_of(pl)):
-            lc = LifelongConfig(**res.config)
-            base = {"item": it.name, "key": r["key"], "row": _label(r), "method": r["method"], "budget": r["budget"],
-                    "steps": r["steps"], "paper_budget": r["paper_budget"], "paper": r["paper"],
-                    "beyond": r["beyond"], "baseline": r["baseline"], "heads": r["heads"],
-                    "items": res.storage["capacity"], "runnable": res.runnable,
-                    "reason": res.storage["reason"], "optimizer": L.optimizer_text(lc),
-                    "memory": L.memory_text(lc, res.storage, f["tasks"], f["max_train_per_task"])}
-            for rec in res.summary().to_dict("records"):
-                out.append(dict(base, **rec))
-    df = pd.DataFrame(out)
+    df = pd.DataFrame(L.run_records(runs, rows, _fields))
     order = {k: i for i, k in enumerate(ROWS)}
     df = df.sort_values(["key", "seed"], key=lambda s: s.map(order) if s.name == "key" else s, kind="stable")
     df = df.reset_index(drop=True)
@@ -490,34 +481,22 @@ def aggregate(df: pd.DataFrame, col: str) -> pd.DataFrame:
     """Mean, sd (ddof=1; 0 for one run) and number of runs of column ``col`` of :func:`run_rows` per
     method row, in the rows' order, with what the row is (key, method, budget, steps, the paper's
     number, beyond the paper, runnable and why not, optimizer, memory)."""
-    g = df.groupby("row", sort=False)
-    out = g.agg(key=("key", "first"), method=("method", "first"), baseline=("baseline", "first"),
-                budget=("budget", "first"),
-                steps=("steps", "first"), paper=("paper", "first"), beyond=("beyond", "first"),
-                runnable=("runnable", "first"), reason=("reason", "first"), optimizer=("optimizer", "first"),
-                memory=("memory", "first"), mean=(col, "mean"), sd=(col, "std"), runs=(col, "count"))
-    out["sd"] = out["sd"].fillna(0.0)
-    return out.reset_index()
+    return L.aggregate(df, "row", col, ("key", "method", "baseline", "budget", "steps", "paper", "beyond",
+                                        "runnable", "reason", "optimizer", "memory"))
+
+
+def _no_verdict(r) -> str | None:
+    if not r["runnable"]:
+        return f"cannot run ({r['reason'].split(':')[-1].strip()})"
+    if r["baseline"] == "harness":
+        return "beyond the paper; not the published method (this harness's optimizer)"
+    if r["beyond"]:
+        return "beyond the paper"
+    return None
 
 
 def _compare(df: pd.DataFrame, measure: str):
-    a = aggregate(df, f"ACC_{measure}")
-    rows_, nv = [], {}
-    for _, r in a.iterrows():
-        ok = bool(r["runnable"])
-        rec = {"row": r["row"], RUN_WITH: r["optimizer"], "memory": r["memory"],
-               "paper": None if pd.isna(r["paper"]) else float(r["paper"]),
-               "ours": float(r["mean"]) if ok else float("nan"), "sd": float(r["sd"]) if ok else float("nan"),
-               "runs": int(r["runs"]) if ok else 0}
-        rows_.append(rec)
-        label = (rec["row"], rec[RUN_WITH], rec["memory"])
-        if not ok:
-            nv[label] = f"cannot run ({r['reason'].split(':')[-1].strip()})"
-        elif r["baseline"] == "harness":
-            nv[label] = "beyond the paper; not the published method (this harness's optimizer)"
-        elif r["beyond"]:
-            nv[label] = "beyond the paper"
-    return rows_, nv
+    return L.compare_records(aggregate(df, f"ACC_{measure}"), "paper", ("row",), _no_verdict)
 
 
 @needs_results
@@ -584,9 +563,7 @@ def measure_fit(df: pd.DataFrame, single: pd.DataFrame) -> pd.DataFrame:
 @needs_results
 def transfer_table(df: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds of ACC, BWT, FWT and LA (GEM's definitions, divided by T - 1), both measures."""
-    cols = [c for c in df.columns if c.split("_")[0] in ("ACC", "BWT", "FWT", "LA")]
-    ok = df[df.runnable]
-    return ok.groupby("row", sort=False)[cols].mean().reset_index()
+    return L.transfer_means(df, "row")
 
 
 # the image budget in bits (section 3): 8 x 1 x 28 x 28

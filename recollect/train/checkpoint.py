@@ -22,6 +22,8 @@ import time
 import numpy as np
 import torch
 
+from ..utils import atomic_write
+
 __all__ = ["Checkpointer", "rng_state", "set_rng_state"]
 
 
@@ -81,10 +83,7 @@ class Checkpointer:
             return False
         buf = io.BytesIO()
         torch.save({"state": state_fn(), "rng": rng_state(generators)}, buf)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, buf.getvalue())
         self._last = time.monotonic()
         self.saves += 1
         return True
