@@ -16,16 +16,20 @@ import torch
 
 from . import results as R
 from .experiments import items as I
-from .queue import (CONSTANTS, COUNTS_FILE, RATES_FILE, _load_json, _state, counted_step_seconds,
+from .queue import (CONSTANTS, COUNTS_FILE, RATES_FILE, _load_json, _state, counted_step_seconds, cpu_seconds,
                     estimate_seconds)
 from .train import probe
 
-__all__ = ["plan_table", "print_plan", "dry_run"]
+__all__ = ["plan_table", "print_plan", "dry_run", "CPU_ITEM_MINUTES"]
+
+#: a GPU item that the counting CPU makes in at most this many minutes is listed as makeable on a CPU
+CPU_ITEM_MINUTES = 30
 
 
 def plan_table(chapters=None) -> pd.DataFrame:
     """One row per paper-profile item: chapter, item, stage, gpu, state (with date and device when
-    done), estimated minutes and how, and the counted estimate's error against a measured one."""
+    done), estimated minutes and how, and the counted estimate's error against a measured one, and the
+    minutes the CPU that counted the items would take (``cpu minutes``: steps x its seconds per step)."""
     store = R.ResultStore()
     rates = _load_json(R.results_dir() / RATES_FILE)
     counts = _load_json(R.results_dir() / COUNTS_FILE)
@@ -36,17 +40,19 @@ def plan_table(chapters=None) -> pd.DataFrame:
         state = _state(it, store)
         when = ""
         if state in ("done", "stale"):
-            got = store.read(it.key)
+            got = store.read(it.key, payload=False)
             when = f"{got.provenance.get('date', '')[:10]} {got.provenance.get('device', '')}"
         est, how = estimate_seconds(it, rates, counts)
         counted, _ = estimate_seconds(it, None, counts)
+        cpu = cpu_seconds(it, counts)
         err = ""
         if est is not None and counted is not None and how.startswith("measured"):
             err = f"{(counted - est) / est * 100:+.0f}%"
         rows.append({"chapter": it.chapter, "item": it.name, "stage": it.stage, "priority": it.priority,
                      "gpu": "yes" if it.gpu else "no (CPU)", "state": state, "made": when,
                      "minutes": None if est is None else round(est / 60, 2), "how": how,
-                     "counted vs measured": err, "depends": ", ".join(it.depends),
+                     "counted vs measured": err, "cpu minutes": None if cpu is None else round(cpu / 60, 1),
+                     "depends": ", ".join(it.depends),
                      "reduction": it.reduction})
     return pd.DataFrame(rows)
 
@@ -55,7 +61,8 @@ def print_plan(chapters=None, all_rows: bool = True) -> pd.DataFrame:
     df = plan_table(chapters)
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
                            "display.max_colwidth", 60):
-        cols = ["chapter", "item", "stage", "gpu", "state", "made", "minutes", "how", "counted vs measured"]
+        cols = ["chapter", "item", "stage", "gpu", "state", "made", "minutes", "how", "counted vs measured",
+                "cpu minutes"]
         print(df[cols].to_string(index=False))
     print()
     gpu = df[df.gpu == "yes"]
@@ -80,6 +87,13 @@ def print_plan(chapters=None, all_rows: bool = True) -> pd.DataFrame:
     if len(cpu):
         print(f"CPU items (made on any machine with `python -m recollect run CHAPTER --profile paper`): "
               f"{len(cpu)}, {int((cpu.state == 'done').sum())} done")
+    small = gpu[(gpu.state != "done") & gpu["cpu minutes"].notna() & (gpu["cpu minutes"] <= CPU_ITEM_MINUTES)]
+    if len(small):
+        print(f"GPU items a CPU like the counting one makes in <= {CPU_ITEM_MINUTES} minutes each (estimate: its "
+              f"measured seconds per probe step): {len(small)} not made, {small['cpu minutes'].sum():.0f} CPU-minutes "
+              "in all; on a machine without a GPU, cheapest first:")
+        for chapter, g in small.sort_values("cpu minutes").groupby("chapter", sort=False):
+            print(f"  python -m recollect run {chapter} --profile paper --item {' '.join(g.item)}")
     print("\nestimates: measured per-step rates of a GPU preflight where recorded, else counted per step on a CPU "
           "probe at the paper's shapes:")
     print("  eager step  = max(launches x EAGER_OP_S, FLOPs / FLOP_RATE)   (host-bound)")

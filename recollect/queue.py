@@ -166,6 +166,20 @@ def estimate_seconds(item: I.Item, rates: dict | None = None, counts: dict | Non
     return None, "not counted yet: `python -m recollect plan --count`"
 
 
+def cpu_seconds(item: I.Item, counts: dict | None = None) -> float | None:
+    """Seconds ``item`` would take at the paper profile on the CPU that counted it (``plan --count``
+    times each loop's probe steps as it counts them): steps x measured seconds per step. None when
+    not counted at this config. An estimate for a machine like that one (2 cores here)."""
+    cfg = item.cfg("paper")
+    c = (counts or {}).get(item.key)
+    loops = item.loops(cfg)
+    if not c or c.get("probe_config") != R.config_hash(I._as_dict(item.cfg("probe"))):
+        return None
+    if not all(l.name in c["loops"] and c["loops"][l.name].get("seconds_per_step") for l in loops):
+        return None
+    return sum(l.steps * c["loops"][l.name]["seconds_per_step"] for l in loops)
+
+
 # ------------------------------------------------------------------------------------------------
 # preflight
 # ------------------------------------------------------------------------------------------------

@@ -197,6 +197,9 @@ def code_hash() -> str:
     return h.hexdigest()[:16]
 
 
+code_hash()  # at import: the source of the code this process runs, not of files edited after it started
+
+
 def provenance(device, seconds: float) -> dict:
     """Where and how a result was made: commit (with ``+dirty`` when the tree had changes), the
     library's source (:func:`code_hash`), torch, the device (the GPU's name), seconds, date (UTC).

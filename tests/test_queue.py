@@ -285,3 +285,17 @@ def test_run_names_unknown_items_with_the_chapter_s_own():
 
     with pytest.raises(SystemExit, match="distortion has no item ae-categorical-7-7; its items: .*ae-continuous-1"):
         _make_items("distortion", "cpu", ["ae-categorical-7-7"])
+
+
+def test_cpu_minutes_come_from_the_counting_cpu_s_own_step_times():
+    from recollect.queue import cpu_seconds
+
+    it = I.get_item("distortion/ae-continuous-1")
+    probe = R.config_hash(I._as_dict(it.cfg("probe")))
+    loops = it.loops(it.cfg("paper"))
+    counts = {it.key: {"probe_config": probe,
+                       "loops": {l.name: {"seconds_per_step": 0.5, "flops_per_step": 1.0, "launches_per_step": 1.0}
+                                 for l in loops}}}
+    assert cpu_seconds(it, counts) == pytest.approx(0.5 * sum(l.steps for l in loops))
+    assert cpu_seconds(it, {it.key: {**counts[it.key], "probe_config": "another"}}) is None  # another config
+    assert cpu_seconds(it, {}) is None
