@@ -314,3 +314,17 @@ def test_missing_results_pass_through_every_table_and_figure():
                ex.pretrain_table, ex.pretrain_line, figures.lifelong_cifar_average,
                figures.lifelong_cifar_task_curves, figures.lifelong_cifar_final_per_task):
         assert fn(m, *(["3"] if fn in (ex.compare_rows, ex.no_verdicts) else [])) is m
+
+
+def test_tables_of_a_partly_made_chapter_name_the_items_they_wait_for():
+    """At the paper profile the chapter is made item by item: a table none of whose rows is made yet is
+    a Missing naming the items that hold its rows (not an empty table, not an error)."""
+    import pandas as pd
+
+    from recollect.experiments import items as I
+    from recollect.experiments import lifelong_cifar as LC
+
+    df = pd.DataFrame({"key": ["icarl-200"], "tables": ["4"]})
+    df.attrs["missing"] = ["lifelong-cifar100/coarse-fused-s0", "lifelong-cifar100/gemsplit-gem-s0"]
+    for got in (LC.compare_rows(df, "3"), LC.no_verdicts(df, "3"), LC.online_table(df)):
+        assert isinstance(got, I.Missing) and got.items == ["lifelong-cifar100/coarse-fused-s0"]
