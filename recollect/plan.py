@@ -38,10 +38,12 @@ def plan_table(chapters=None) -> pd.DataFrame:
         if chapters and it.chapter not in chapters:
             continue
         state = _state(it, store)
-        when = ""
+        when, took = "", None
         if state in ("done", "stale"):
             got = store.read(it.key, payload=False)
             when = f"{got.provenance.get('date', '')[:10]} {got.provenance.get('device', '')}"
+            if got.provenance.get("gpu") is None:
+                took = float(got.provenance.get("seconds", 0.0)) / 60
         est, how = estimate_seconds(it, rates, counts)
         counted, _ = estimate_seconds(it, None, counts)
         cpu = cpu_seconds(it, counts)
@@ -52,6 +54,7 @@ def plan_table(chapters=None) -> pd.DataFrame:
                      "gpu": "yes" if it.gpu else "no (CPU)", "state": state, "made": when,
                      "minutes": None if est is None else round(est / 60, 2), "how": how,
                      "counted vs measured": err, "cpu minutes": None if cpu is None else round(cpu / 60, 1),
+                     "cpu minutes taken": None if took is None else round(took, 1),
                      "depends": ", ".join(it.depends),
                      "reduction": it.reduction})
     return pd.DataFrame(rows)
@@ -94,6 +97,13 @@ def print_plan(chapters=None, all_rows: bool = True) -> pd.DataFrame:
               "in all; on a machine without a GPU, cheapest first:")
         for chapter, g in small.sort_values("cpu minutes").groupby("chapter", sort=False):
             print(f"  python -m recollect run {chapter} --profile paper --item {' '.join(g.item)}")
+    made = df[(df.gpu == "yes") & df["cpu minutes taken"].notna() & df["cpu minutes"].notna()]
+    if len(made):
+        ratio = made["cpu minutes taken"] / made["cpu minutes"]
+        print("  GPU items made on a CPU so far, minutes taken against this estimate: " + ", ".join(
+            f"{c} {r.min():.1f}x" + (f" to {r.max():.1f}x" if len(r) > 1 else "")
+            for c, r in ratio.groupby(made.chapter, sort=False))
+            + " (a probe times the first steps only: a lifelong run grows with its tasks)")
     print("\nestimates: measured per-step rates of a GPU preflight where recorded, else counted per step on a CPU "
           "probe at the paper's shapes:")
     print("  eager step  = max(launches x EAGER_OP_S, FLOPs / FLOP_RATE)   (host-bound)")

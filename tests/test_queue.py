@@ -299,3 +299,20 @@ def test_cpu_minutes_come_from_the_counting_cpu_s_own_step_times():
     assert cpu_seconds(it, counts) == pytest.approx(0.5 * sum(l.steps for l in loops))
     assert cpu_seconds(it, {it.key: {**counts[it.key], "probe_config": "another"}}) is None  # another config
     assert cpu_seconds(it, {}) is None
+
+
+def test_plan_shows_a_cpu_estimate_and_what_a_cpu_took(tmp, monkeypatch, capsys):
+    from recollect import plan as P
+
+    monkeypatch.setenv("RECOLLECT_RESULTS", str(tmp / "results"))
+    shutil.copy(R.ROOT / "results" / "counts.json", tmp / "results" / "counts.json")
+    it = I.get_item("distortion/ae-continuous-1")
+    R.ResultStore(tmp / "results").put(R.Result(it.key, "paper", it.config_dict("paper"), I.current_version(it),
+                                                {"seconds": 600.0, "gpu": None, "device": "CPU (x86_64)"}, {"x": 1}))
+    df = P.plan_table(["distortion"]).set_index("item")
+    assert df.loc["ae-continuous-1", "state"] == "done" and df.loc["ae-continuous-1", "cpu minutes taken"] == 10.0
+    assert df["cpu minutes"].notna().all()  # every distortion item is counted with its CPU seconds per step
+    P.print_plan(["distortion"])
+    out = capsys.readouterr().out
+    assert "python -m recollect run distortion --profile paper --item" in out
+    assert "GPU items made on a CPU so far, minutes taken against this estimate: distortion" in out
