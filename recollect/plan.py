@@ -16,7 +16,7 @@ import torch
 
 from . import results as R
 from .experiments import items as I
-from .queue import (CONSTANTS, COUNTS_FILE, RATES_FILE, _load_json, _state, counted_step_seconds, cpu_seconds,
+from .queue import (CONSTANTS, COUNTS_FILE, RATES_FILE, _load_json, counted_step_seconds, cpu_seconds,
                     estimate_seconds)
 from .train import probe
 
@@ -37,10 +37,9 @@ def plan_table(chapters=None) -> pd.DataFrame:
     for it in I.registry().values():
         if chapters and it.chapter not in chapters:
             continue
-        state = _state(it, store)
+        state, got = I.item_state(it, store)
         when, took = "", None
-        if state in ("done", "stale"):
-            got = store.read(it.key, payload=False)
+        if got is not None:
             when = f"{got.provenance.get('date', '')[:10]} {got.provenance.get('device', '')}"
             if got.provenance.get("gpu") is None:
                 took = float(got.provenance.get("seconds", 0.0)) / 60

@@ -233,7 +233,7 @@ def run_item(item: Item, profile: str, device, store: R.ResultStore | None, *, p
             except ValueError:
                 version = None
             got = store.get(k, dep.config_dict(p), version)
-            if got is not None and (got.stale or (p == "smoke" and got.provenance.get("code") != R.code_hash())):
+            if got is not None and (got.stale or (p == "smoke" and not _same_code(got))):
                 got = None  # never build on a stale dependency (or a smoke one other code made): make it again
         if got is None:
             got = run_item(dep, profile, dev, store, progress=progress, checkpoint_root=checkpoint_root,
@@ -264,6 +264,11 @@ def run_item(item: Item, profile: str, device, store: R.ResultStore | None, *, p
                 stale.unlink()
     memo[item.key] = res
     return res
+
+
+def _same_code(res: R.Result) -> bool:
+    """Was a cached smoke result made by the code running now (:func:`recollect.results.code_hash`)?"""
+    return res.provenance.get("code") == R.code_hash()
 
 
 def checkpoint_files(root, item: Item) -> list[pathlib.Path]:
@@ -434,7 +439,7 @@ def fetch(ctx, key: str) -> R.Result | Missing:
         cfg = _with_seeds(item.cfg("smoke"), ctx.seeds_given)
         store = R.ResultStore(smoke_results_dir())
         got = store.get(key, _as_dict(cfg))
-        if got is not None and got.provenance.get("code") != R.code_hash():
+        if got is not None and not _same_code(got):
             got = None  # made by other code: its fingerprint would check nothing; run it again
         if got is not None:
             if key not in _CHECKED.get(item.chapter, {}) and item.versioned_by is None:
