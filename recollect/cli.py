@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     q.add_argument("--out", required=True, help="folder for the results (the device tool's $OUT)")
     q.add_argument("--stage", nargs="*", default=["first"], help="first, seeds, beyond (default: first)")
     q.add_argument("--chapter", nargs="*")
-    q.add_argument("--item", nargs="*")
+    q.add_argument("--item", nargs="*", help="only these items (CHAPTER/NAME), whatever their stage")
     q.add_argument("--device", default="cuda")
     q.add_argument("--no-preflight", action="store_true")
     q.add_argument("--cpu-items", action="store_true", help="also items that need no GPU")
@@ -206,9 +206,12 @@ def main(argv=None) -> int:
     if args.cmd == "gpu-queue":
         from .queue import gpu_queue
 
-        doc = gpu_queue(args.budget, args.out, stages=args.stage, chapters=args.chapter, names=args.item,
-                        device=args.device, do_preflight=not args.no_preflight, cpu_items=args.cpu_items,
-                        dry=args.dry)
+        try:
+            doc = gpu_queue(args.budget, args.out, stages=args.stage, chapters=args.chapter, names=args.item,
+                            device=args.device, do_preflight=not args.no_preflight, cpu_items=args.cpu_items,
+                            dry=args.dry)
+        except ValueError as e:  # an unknown item name: say so, no traceback
+            raise SystemExit(f"gpu-queue: {e}") from None
         return 1 if doc["failed"] else 0
     if args.cmd == "unpack":
         from .queue import unpack

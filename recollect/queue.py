@@ -89,17 +89,26 @@ def _state(item: I.Item, store: R.ResultStore) -> str:
 
 def todo(store: R.ResultStore, stages=("first",), chapters=None, names=None, gpu: bool | None = True) -> list[I.Item]:
     """Items to make, in the order to make them: not current in ``store``; dependencies before the
-    items that need them; otherwise by stage, then priority."""
+    items that need them; otherwise by stage, then priority.
+
+    Items named in ``names`` (key or, with ``chapters``, name) are made whatever their stage and
+    whether they need a GPU: naming one is asking for it. A name that matches no item is an error."""
     reg = I.registry()
+    if names:
+        known = {k for it in reg.values() if not chapters or it.chapter in chapters for k in (it.key, it.name)}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            where = f" of {', '.join(chapters)}" if chapters else ""
+            raise ValueError(f"no item{where} is called {', '.join(unknown)}; `python -m recollect plan` "
+                             "lists every item (name a chapter's item as CHAPTER/NAME)")
     want = []
     for it in reg.values():
-        if stages and it.stage not in stages:
-            continue
         if chapters and it.chapter not in chapters:
             continue
-        if names and it.key not in names and it.name not in names:
-            continue
-        if gpu is not None and it.gpu != gpu:
+        if names:
+            if it.key not in names and it.name not in names:
+                continue
+        elif (stages and it.stage not in stages) or (gpu is not None and it.gpu != gpu):
             continue
         if _state(it, store) in ("missing", "stale"):
             want.append(it)

@@ -194,3 +194,19 @@ def test_claims_follow_the_numbers():
     bad = dict((c, h) for c, h, _ in claims.distortion(t5, t6({1: 0.01}), by_rho, by_n))
     assert bad[next(k for k in bad if k.startswith("Categorical"))] is False
     assert all(good[k] for k in good if "eq" in k.lower() or "rho" in k)
+
+
+def test_the_capacity_claim_holds_at_its_threshold_as_printed():
+    """Four rows whose rank correlation is -0.8 (computed as -0.7999999999999999) meet "<= -0.8"."""
+    by_rho = ex.budget_search(fractions=(0.02,), rhos=(1.0,), n_examples=50_000)
+    by_n = ex.budget_search(fractions=0.1, rhos=0.1, n_examples=[1_000, 100_000])
+    # capacities of (6, 2), (20, 2), (38, 2), (168, 2) rise; distortion ranks 3, 4, 2, 1 give rho = -0.8
+    t5 = _t5({(6, 2): {1e-3: 0.10}, (20, 2): {1e-3: 0.12}, (38, 2): {1e-3: 0.08}, (168, 2): {1e-3: 0.02}})
+    got = {c: (h, ev) for c, h, ev in claims.distortion(t5, t5.iloc[:0], by_rho, by_n)
+           if "capacity C_ve" in c}
+    (holds, evidence), = got.values()
+    assert holds is True and "-0.80" in evidence and "4 of 27 rows" in evidence
+    t5 = _t5({(6, 2): {1e-3: 0.10}, (20, 2): {1e-3: 0.02}, (38, 2): {1e-3: 0.08}, (168, 2): {1e-3: 0.05}})
+    (holds, evidence), = [(h, ev) for c, h, ev in claims.distortion(t5, t5.iloc[:0], by_rho, by_n)
+                          if "capacity C_ve" in c]
+    assert holds is False

@@ -143,6 +143,17 @@ def test_items_are_ordered_dependencies_first_and_estimated():
             assert d in keys[:i], f"{it.key} comes before its dependency {d}"
 
 
+def test_named_items_are_made_whatever_their_stage_and_unknown_names_fail():
+    store = R.ResultStore("/nonexistent")
+    beyond = [it for it in I.registry().values() if it.stage == "beyond"][0]
+    assert beyond.key not in [i.key for i in todo(store, stages=("first",))]
+    assert beyond.key in [i.key for i in todo(store, stages=("first",), names=[beyond.key])]
+    cpu = [it for it in I.registry().values() if not it.gpu][0]
+    assert cpu.key in [i.key for i in todo(store, stages=("first",), names=[cpu.key], gpu=True)]
+    with pytest.raises(ValueError, match="no-such-item"):
+        todo(store, stages=("first",), names=["distortion/no-such-item"])
+
+
 def test_compare_numbers_tolerates_small_and_reports_large_differences():
     ref = {"a": [1.0, 2.0], "b": {"c": 10.0, "d": "x"}}
     assert compare_numbers({"a": [1.01, 2.0], "b": {"c": 10.2, "d": "x"}}, ref) == []
