@@ -114,8 +114,11 @@ def _make_items(name: str, device: str | None, names=None) -> None:
                   "(README, 'A GPU session')", file=sys.stderr)
     for it in want:
         print(f"making {it.key} on {dev}", file=sys.stderr)
-        I.run_item(it, "paper", dev, R.ResultStore(), progress=True,
-                   checkpoint_root=checkpoints_dir())
+        try:
+            I.run_item(it, "paper", dev, R.ResultStore(), progress=True,
+                       checkpoint_root=checkpoints_dir())
+        except I.Incomplete as e:  # $RECOLLECT_TIME_LIMIT: saved, the same command continues it
+            raise SystemExit(f"{it.key}: {e}") from None
 
 
 def main(argv=None) -> int:

@@ -76,10 +76,11 @@ CFG = ex.AEConfig("categorical", (4, 2), n_train=48, epochs=2, batch_size=16, lr
                   eval_batch=32)
 
 
-def _job(cfg, ck=None):
+def _job(cfg, ck=None, deadline=None):
     from recollect.experiments.items import Job, get_item
 
-    return Job(get_item("distortion/ae-categorical-6-2"), "smoke", cfg, torch.device("cpu"), checkpoint_dir=ck)
+    return Job(get_item("distortion/ae-categorical-6-2"), "smoke", cfg, torch.device("cpu"), checkpoint_dir=ck,
+               deadline=deadline)
 
 
 def test_configs_derive_smoke_and_probe_from_the_paper_profile():
@@ -140,6 +141,26 @@ def test_interrupted_training_resumes_to_the_same_result(fake_data, tmp_path, mo
     res = ex.train_architecture(_job(cfg, tmp_path / "ae"))
     assert res == ref
     assert not (tmp_path / "ae.ckpt").exists()  # the finished item drops its checkpoint
+
+
+def test_training_stops_before_its_deadline_at_an_epoch_end_and_continues_exactly(fake_data, tmp_path):
+    import time
+
+    from recollect.experiments.items import Incomplete
+
+    cfg = ex.AEConfig("categorical", (4, 2), n_train=48, epochs=3, batch_size=16, lrs=(1e-2, 1e-3), curve_images=16,
+                      eval_batch=32)
+    ref = ex.train_architecture(_job(cfg))
+    stops = 0
+    while True:
+        try:
+            res = ex.train_architecture(_job(cfg, tmp_path / "ae", deadline=time.monotonic() + 1e-3))
+            break
+        except Incomplete:
+            stops += 1
+            assert (tmp_path / "ae.ckpt").exists()
+    assert stops == cfg.epochs - 1 and res == ref
+    assert not (tmp_path / "ae.ckpt").exists()
 
 
 # ---------------------------------------------------------------------------------------------- tables

@@ -206,9 +206,9 @@ def test_which_accuracy_the_paper_reports_compares_two_trainings():
 # ------------------------------------------------------------------------------------------------
 
 
-class _Job:
-    def __init__(self, ck):
-        self.device, self.checkpoint_dir, self.progress = torch.device("cpu"), ck, False
+def _Job(ck, deadline=None):
+    return I.Job(I.get_item("lifelong-omniglot/fused-1step-s0"), "smoke", None, torch.device("cpu"),
+                 checkpoint_dir=ck, deadline=deadline)
 
 
 class _Boom(Exception):
@@ -244,6 +244,30 @@ def test_a_killed_run_resumes_to_the_unbroken_payload(tmp_path, monkeypatch):
     resumed = L.run_fused(_Job(ck), st, CFGS, [0, 1])
     assert R.fingerprint(resumed) == R.fingerprint(full)
     assert not pathlib.Path(str(ck) + ".ckpt").exists()  # deleted once the run is done
+
+
+def test_a_run_stops_before_its_deadline_at_a_task_end_and_continues_exactly(tmp_path):
+    """``Job.boundary``: with too little time for another task the run saves at a task's end and raises
+    Incomplete; the same call again continues it to the unbroken payload. No checkpoint directory:
+    it never stops (the work would be lost)."""
+    import time
+
+    torch.set_num_threads(1)
+    st = synth(per=6)
+    full = L.run_fused(_Job(None), st, CFGS, [0, 1])
+    assert R.fingerprint(L.run_fused(_Job(None, deadline=time.monotonic()), st, CFGS, [0, 1])) == R.fingerprint(full)
+    ck = tmp_path / "ck" / "item-x"
+    stops = 0
+    while True:
+        try:
+            resumed = L.run_fused(_Job(ck, deadline=time.monotonic()), st, CFGS, [0, 1])
+            break
+        except I.Incomplete as e:
+            stops += 1
+            assert "before its deadline" in str(e) and pathlib.Path(str(ck) + ".ckpt").exists()
+    assert stops == st.n_tasks - 1  # one task per call; the last task's end never stops
+    assert R.fingerprint(resumed) == R.fingerprint(full)
+    assert not pathlib.Path(str(ck) + ".ckpt").exists()
 
 
 def test_payload_is_data_and_round_trips_through_a_result_file():

@@ -154,6 +154,13 @@ def test_named_items_are_made_whatever_their_stage_and_unknown_names_fail():
         todo(store, stages=("first",), names=["distortion/no-such-item"])
 
 
+def test_every_training_item_longer_than_a_minute_is_resumable():
+    """A GPU command runs at most 10 minutes: an item that may not finish in one must stop before the
+    deadline and continue (``Job.boundary``). Only the two short checks are exempt."""
+    short = {"distortion/bf16-check", "distortion/baselines"}
+    assert sorted(it.key for it in I.registry().values() if it.gpu and not it.resumable) == sorted(short)
+
+
 def test_compare_numbers_tolerates_small_and_reports_large_differences():
     ref = {"a": [1.0, 2.0], "b": {"c": 10.0, "d": "x"}}
     assert compare_numbers({"a": [1.01, 2.0], "b": {"c": 10.2, "d": "x"}}, ref) == []

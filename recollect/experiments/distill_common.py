@@ -27,9 +27,10 @@ same uniform draws (a paired design), and the runs differ.
 
 **Long runs.** Trainers save a machine-local checkpoint about every 90 s
 (:class:`~recollect.train.checkpoint.Checkpointer`, only when the job has a checkpoint directory) and
-continue from it. At its job's deadline (the queue's budget, or ``$RECOLLECT_TIME_LIMIT`` seconds under
-``python -m recollect run``) a trainer saves and raises
-:class:`~recollect.experiments.items.Incomplete`: the same command again continues it.
+continue from it. Before its job's deadline (the queue's budget, or ``$RECOLLECT_TIME_LIMIT`` seconds
+under ``python -m recollect run``) a trainer saves and raises
+:class:`~recollect.experiments.items.Incomplete` (at an epoch's end where the next epoch might not
+finish in time, ``Job.boundary``; the students at their deadline): the same command again continues it.
 """
 from __future__ import annotations
 
@@ -406,14 +407,6 @@ def load_generator(payload: dict, device="cpu") -> tuple:
 # ------------------------------------------------------------------------------------------------
 # the teacher
 # ------------------------------------------------------------------------------------------------
-def _stop_if_out_of_time(job, ck: Checkpointer, state_fn, gens: dict, what: str) -> None:
-    left = job.time_left()
-    if left is not None and left <= 0:
-        ck.maybe_save(state_fn, gens, force=True)
-        raise Incomplete(f"{what}: stopped at its deadline after saving a checkpoint; run it again on this machine "
-                         "to continue")
-
-
 def train_teacher(job) -> dict:
     """The teacher (section 5.1): trained on the training images (task-masked cross-entropy when the
     dataset has tasks), evaluated after every epoch on every evaluation set.
@@ -462,9 +455,7 @@ def train_teacher(job) -> dict:
                 g["lr"] = _lr_at(cfg.schedule, epoch + 1)
             model.train()
             state["epoch"] = epoch + 1
-            ck.maybe_save(snapshot, gens)
-            if epoch + 1 < cfg.epochs:
-                _stop_if_out_of_time(job, ck, snapshot, gens, "teacher")
+            job.boundary(ck, snapshot, gens, last=epoch + 1 >= cfg.epochs, what="teacher")
 
         tr = sp.train
         train_classifier(model, tr.x, tr.y, cfg.epochs, cfg.batch_size, _lr_at(cfg.schedule, state["epoch"]), shuffle,
@@ -541,9 +532,7 @@ def train_generator(job) -> dict:
             model.train()
             state["curve"].append(dict(epoch=epoch + 1, train_loss=float(losses[-1][0]), distortion=float(d[0])))
             state["epoch"] = epoch + 1
-            ck.maybe_save(snapshot, gens)
-            if epoch + 1 < cfg.epochs:
-                _stop_if_out_of_time(job, ck, snapshot, gens, f"generator {cfg.name}")
+            job.boundary(ck, snapshot, gens, last=epoch + 1 >= cfg.epochs, what=f"generator {cfg.name}")
 
         train_autoencoder(model, x, cfg.epochs, cfg.batch_size, cfg.lr, shuffle, kl_weight=cfg.kl_weight, optimizer=opt,
                           start_epoch=state["epoch"], on_epoch_end=on_epoch_end, progress=job.progress,
@@ -731,14 +720,14 @@ def _profiles(paper_cfg):
 
 def register_teacher(chapter: str, cfg: TeacherConfig, title: str, priority: int = 10, reduction: str = "") -> Item:
     return register(Item(chapter, "teacher", title, config=_profiles(cfg), run=train_teacher, loops=teacher_loops,
-                         priority=priority, stage="first", reduction=reduction, data=(cfg.dataset,)))
+                         priority=priority, stage="first", reduction=reduction, data=(cfg.dataset,), resumable=True))
 
 
 def register_generator(chapter: str, cfg: GeneratorConfig, title: str, priority: int = 20,
                        reduction: str = "") -> Item:
     return register(Item(chapter, f"generator-{cfg.name}", title, config=_profiles(cfg), run=train_generator,
                          loops=generator_loops, priority=priority, stage="first", reduction=reduction,
-                         data=(cfg.dataset,)))
+                         data=(cfg.dataset,), resumable=True))
 
 
 def register_students(chapter: str, name: str, cfg: StudentConfig, title: str, priority: int = 50,

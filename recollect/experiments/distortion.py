@@ -190,7 +190,9 @@ def train_architecture(job) -> dict:
     Payload: ``distortion`` [G] (one stochastic pass over all training images), ``loss``
     [epochs][G] (mean training loss per epoch), ``curve`` [epochs][G] (distortion on the first
     ``curve_images`` images after each epoch, the same Gumbel noise every epoch), ``params``
-    (|theta| of one model). Resumable: a checkpoint about every 90 s (machine-local)."""
+    (|theta| of one model). Resumable: a checkpoint about every 90 s (machine-local), and at an
+    epoch's end where the next epoch might not finish before the job's deadline it saves and stops
+    (``Job.boundary``)."""
     cfg, dev = job.cfg, job.device
     x = _train_images(cfg.n_train).to(dev)
     seed_everything(cfg.seed)
@@ -214,7 +216,8 @@ def train_architecture(job) -> dict:
         d = ae_distortion(model, sub, cfg.eval_batch, generator(cfg.seed + 1, dev))
         state["curve"].append([float(v) for v in d])
         state["epoch"] = epoch + 1
-        ck.maybe_save(lambda: dict(model=model.state_dict(), opt=opt.state_dict(), state=state), {"shuffle": shuffle})
+        job.boundary(ck, lambda: dict(model=model.state_dict(), opt=opt.state_dict(), state=state),
+                     {"shuffle": shuffle}, last=epoch + 1 >= cfg.epochs, what=cfg.label)
 
     precision = cfg.precision
     if precision == "auto":
@@ -297,7 +300,7 @@ def _register_ae(kind: str, size, kl: bool, smoke_rows, priority: int):
         CHAPTER, name, f"{what}: {base.label} at 4 learning rates",
         config=lambda profile, base=base: base if profile == "paper" else base.smoke(),
         run=train_architecture, loops=_ae_loops, priority=priority, stage="beyond" if kl else "first",
-        versioned_by=twin, data=("mnist",), depends=("bf16-check",) if large else ()))
+        versioned_by=twin, data=("mnist",), depends=("bf16-check",) if large else (), resumable=True))
 
 
 def _register_all():

@@ -16,7 +16,8 @@ A chapter declares its experiments as :class:`Item` s (``register``). An item ha
   ``seeds``: more seeds; ``beyond``: rows beyond the paper) and whether it needs a GPU at the paper
   profile; ``reduction`` states what the paper profile cuts from the paper's settings and why;
 * whether it is **resumable**: an item longer than one command that saves a machine-local checkpoint
-  by time and, at its job's deadline, raises :class:`Incomplete` (the queue then starts it even when it
+  by time and, before its job's deadline, raises :class:`Incomplete` (``Job.boundary``: at an epoch's
+  or task's end when the next one might not finish in time; the queue then starts it even when it
   cannot finish, and the next command of the same session continues it);
 * the **data** it reads (dataset names of ``recollect.data``), so a GPU session carries only those;
 * its **version**: the fingerprint of its smoke run, or, for an item the smoke profile does not run
@@ -168,6 +169,9 @@ class Incomplete(RuntimeError):
     same command, on the same machine) to continue."""
 
 
+#: a resumable item stops at a boundary when the time left is under this many times its longest stretch
+STOP_MARGIN = 1.25
+
 #: seconds a command may run (e.g. 480 under a 10-minute limit): ``python -m recollect run`` gives its
 #: jobs this deadline; the queue sets its own from its budget
 TIME_LIMIT_ENV = "RECOLLECT_TIME_LIMIT"
@@ -187,6 +191,9 @@ class Job:
     checkpoint_dir: pathlib.Path | None = None
     progress: bool = False
     deadline: float | None = None
+    # the last boundary (or the job's start) and the longest stretch between two boundaries so far
+    _mark: float = field(default_factory=time.monotonic, repr=False)
+    _longest: float = field(default=0.0, repr=False)
 
     @property
     def smoke(self) -> bool:
@@ -195,6 +202,24 @@ class Job:
     def time_left(self) -> float | None:
         """Seconds until the deadline (None: no deadline)."""
         return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def boundary(self, ck, state_fn, generators: dict | None = None, *, last: bool = False, what: str = "") -> None:
+        """Call at each natural boundary of a resumable item (an epoch, a task): saves a checkpoint by
+        time (``ck.maybe_save``); and when the next stretch, if it takes as long as the longest so far
+        (x ``STOP_MARGIN``), would end after the deadline, saves now and raises :class:`Incomplete` (the
+        same command on the same machine continues from there). So an item stops *before* its
+        deadline, not one stretch after it. ``last``: nothing follows, never stop. Without a
+        checkpoint directory it never stops (the work would be lost)."""
+        now = time.monotonic()
+        self._longest = max(self._longest, now - self._mark)
+        self._mark = now
+        left = self.time_left()
+        if not last and ck.enabled and left is not None and left < STOP_MARGIN * self._longest:
+            ck.maybe_save(state_fn, generators, force=True)
+            raise Incomplete(f"{what or self.item.key}: stopped {left:.0f} s before its deadline (the next stretch "
+                             f"may take {self._longest:.0f} s) after saving a checkpoint; run it again on this "
+                             "machine to continue")
+        ck.maybe_save(state_fn, generators)
 
     def dep(self, key: str) -> dict:
         """The payload of dependency ``key`` (``"<chapter>/<name>"`` or a name of the same chapter)."""

@@ -399,8 +399,8 @@ def _pretrain(job) -> dict:
         def on_epoch_end(epoch, model, opt, losses):
             state["loss"].append([float(v) for v in losses[-1]])
             state["epoch"] = epoch + 1
-            ck.maybe_save(lambda: dict(model=model.state_dict(), opt=opt.state_dict(), state=state),
-                          {"shuffle": shuffle})
+            job.boundary(ck, lambda: dict(model=model.state_dict(), opt=opt.state_dict(), state=state),
+                         {"shuffle": shuffle}, last=epoch + 1 >= pc.epochs, what="CIFAR-10 autoencoder")
 
         train_autoencoder(model, x, pc.epochs, pc.batch_size, float(pc.lr), shuffle, optimizer=opt,
                           start_epoch=state["epoch"], on_epoch_end=on_epoch_end, progress=job.progress,
@@ -475,7 +475,7 @@ def _register_all():
                   loops=_pretrain_loops, priority=10, stage="first", data=("cifar10", "cifar100"),
                   reduction=(f"{CIFAR10_IMAGES:,} CIFAR-10 images (all the project's data file holds: the first "
                              "4,000 training and 1,000 test images), not CIFAR-10's 50,000 training images; "
-                             f"{PAPER_PRETRAIN.epochs} epochs (the paper names none)")))
+                             f"{PAPER_PRETRAIN.epochs} epochs (the paper names none)"), resumable=True))
     for split, group, seeds in _RUN_ITEMS:
         first = seeds == FIRST_SEEDS
         stage = _stage(split, group, first)
@@ -489,7 +489,7 @@ def _register_all():
                       config=lambda p, base=base: base if p == "paper" else base.smoke(), run=_run,
                       loops=_loops, depends=("cifar10-ae",) if group == "fused" else (),
                       priority=_priority(split, group, seeds), stage=stage, reduction=red,
-                      versioned_by=_twin(split, group, first), data=("cifar100",)))
+                      versioned_by=_twin(split, group, first), data=("cifar100",), resumable=True))
 
 
 _register_all()

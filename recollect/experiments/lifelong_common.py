@@ -148,12 +148,14 @@ def results_of(payload: dict) -> list[LifelongResult]:
 def run_fused(job, st, cfgs, seeds, *, ae_init=None, desc: str | None = None, n_threads: int | None = None) -> dict:
     """Run the fusable configs ``cfgs`` on stream ``st`` at ``seeds`` as one fused model and return the
     payload. Checkpointed by time (about every 90 s, at the end of a task) in the job's
-    machine-local directory, resumed from there, the checkpoint deleted at the end."""
+    machine-local directory, resumed from there, the checkpoint deleted at the end; at a task's end
+    where the next task might not finish before the job's deadline it saves and stops
+    (``Job.boundary``: the item is resumable)."""
     ck = Checkpointer(job.checkpoint_dir)
     saved = ck.load()
 
     def on_task_end(t, harness):
-        ck.maybe_save(harness.state_dict)
+        job.boundary(ck, harness.state_dict, last=t + 1 >= harness.T, what=desc or job.item.key)
 
     with threads(n_threads):
         res = run_lifelong(st, cfgs, list(seeds), job.device, ae_init=ae_init, resume=saved,

@@ -275,7 +275,8 @@ def _register_all():
             register(Item(CHAPTER, name, f"Omniglot {', '.join(keys)} (fused, seeds {', '.join(map(str, seeds))})",
                           config=lambda p, base=base: base if p == "paper" else base.smoke(), run=_run, loops=_loops,
                           priority=prio, stage=stage, reduction=red,
-                          versioned_by=None if first else f"fused-{tag}-{L.seed_tag(FIRST_SEEDS)}", data=("omniglot",)))
+                          versioned_by=None if first else f"fused-{tag}-{L.seed_tag(FIRST_SEEDS)}", data=("omniglot",),
+                          resumable=True))
             prio += 1
     prio = 30
     for key in BEYOND_ROWS:
@@ -283,7 +284,7 @@ def _register_all():
         ok = base.runnable()
         register(Item(CHAPTER, key, f"beyond the paper: {key} (seeds {', '.join(map(str, PAPER_SEEDS))})",
                       config=lambda p, base=base: base if p == "paper" else base.smoke(), run=_run, loops=_loops,
-                      priority=prio, stage="beyond", gpu=ok, data=("omniglot",),
+                      priority=prio, stage="beyond", gpu=ok, data=("omniglot",), resumable=ok,
                       reduction="" if ok else "cannot run at the paper's budget: its result is the reason (no GPU)"))
         prio += 1
     prio = 40
@@ -296,6 +297,7 @@ def _register_all():
                                                                                     run_seeds=FIRST_SEEDS),
                       run=_run, loops=_loops,
                       priority=prio, stage="beyond", data=("omniglot",), versioned_by=SINGLE_HEAD_TWIN.get(name),
+                      resumable=True,
                       reduction=(f"seed {FIRST_SEEDS[0]} only (of the paper profile's {len(PAPER_SEEDS)}): a test of "
                                  "which accuracy the paper reports, not a row of the paper")))
         prio += 1
