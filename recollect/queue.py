@@ -161,16 +161,19 @@ def estimate_seconds(item: I.Item, rates: dict | None = None, counts: dict | Non
     cfg = item.cfg("paper")
     chash = R.config_hash(I._as_dict(item.cfg("probe")))
     loops = item.loops(cfg)
+    names = I.loop_names(loops)
     r = (rates or {}).get(item.key)
-    if r and r.get("probe_config") == chash and all(l.name in r["loops"] for l in loops):
-        sec = sum(l.steps * r["loops"][l.name]["seconds_per_step"] for l in loops)
+    if r and r.get("probe_config") == chash and names <= set(r["loops"]):
+        sec = sum(l.steps * I.step_cost(l, lambda n: r["loops"][n]["seconds_per_step"]) for l in loops)
         return sec, f"measured on {r.get('device', 'a GPU')} ({r.get('date', '')[:10]})"
     c = (counts or {}).get(item.key)
-    if c and c.get("probe_config") == chash and all(l.name in c["loops"] for l in loops):
+    if c and c.get("probe_config") == chash and names <= set(c["loops"]):
         sec = 0.0
         for l in loops:
-            lc = c["loops"][l.name]
-            sec += l.steps * counted_step_seconds(lc["flops_per_step"], lc["launches_per_step"], l.captured)
+            def counted(n, l=l):
+                lc = c["loops"][n]
+                return counted_step_seconds(lc["flops_per_step"], lc["launches_per_step"], l.captured)
+            sec += l.steps * I.step_cost(l, counted)
         return sec, "counted (FLOPs and launches per step on a CPU probe)"
     return None, "not counted yet: `python -m recollect plan --count`"
 
@@ -184,9 +187,9 @@ def cpu_seconds(item: I.Item, counts: dict | None = None) -> float | None:
     loops = item.loops(cfg)
     if not c or c.get("probe_config") != R.config_hash(I._as_dict(item.cfg("probe"))):
         return None
-    if not all(l.name in c["loops"] and c["loops"][l.name].get("seconds_per_step") for l in loops):
+    if not all(n in c["loops"] and c["loops"][n].get("seconds_per_step") for n in I.loop_names(loops)):
         return None
-    return sum(l.steps * c["loops"][l.name]["seconds_per_step"] for l in loops)
+    return sum(l.steps * I.step_cost(l, lambda n: c["loops"][n]["seconds_per_step"]) for l in loops)
 
 
 # ------------------------------------------------------------------------------------------------

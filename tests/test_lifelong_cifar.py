@@ -164,14 +164,27 @@ def test_loops_count_the_paper_stream():
         it = its[name]
         return {l.name: l.steps for l in it.loops(it.cfg("paper"))}
 
-    assert loops("coarse-fused-s0") == {"lifelong": 50_000, "eval": 21 * 10}
+    stream = {"lifelong": 2_500, "lifelong-2nd": 2_500, "lifelong-later": 45_000}
+    assert loops("coarse-fused-s0") == {**stream, "eval": 21 * 10}
     # GEM's protocol: one update per batch of 10 incoming examples
-    assert loops("coarse-gem-s0") == {"lifelong": 5_000, "eval": 210}
-    assert loops("gemsplit-icarl-s0") == {"lifelong": 5_000, "eval": 210, "herding": 20}
-    assert loops("coarse-icarl-adam-s0") == {"lifelong": 50_000, "eval": 210, "herding": 20}
+    batched = {k: v // 10 for k, v in stream.items()}
+    assert loops("coarse-gem-s0") == {**batched, "eval": 210}
+    assert loops("gemsplit-icarl-s0") == {**batched, "eval": 210, "herding": 20}
+    assert loops("coarse-icarl-adam-s0") == {**stream, "eval": 210, "herding": 20}
     # each incoming batch's step replays a CUDA graph on a GPU
     it = its["coarse-gem-s0"]
-    assert L.CAPTURED and {l.name: l.captured for l in it.loops(it.cfg("paper"))} == {"lifelong": True, "eval": False}
+    assert L.CAPTURED and {l.name: l.captured for l in it.loops(it.cfg("paper"))} == {
+        "lifelong": True, "lifelong-2nd": True, "lifelong-later": True, "eval": False}
+    # GEM's and GEM's iCaRL's later steps grow with the earlier tasks (task 2 to 19: 8.5 beyond the
+    # probe's third task) and their probes run three tasks; ours cost what the second task's did
+    def later(n):
+        return {l.name: l for l in its[n].loops(its[n].cfg("paper"))}["lifelong-later"]
+
+    assert {n: later(n).growth for n in ("coarse-gem-s0", "gemsplit-icarl-s0")} == {"coarse-gem-s0": 8.5,
+                                                                                   "gemsplit-icarl-s0": 8.5}
+    assert all(later(n).like == "lifelong-2nd" and its[n].cfg("probe").tasks == 2
+               for n in ("coarse-fused-s0", "coarse-icarl-adam-s0"))
+    assert its["coarse-gem-s0"].cfg("probe").tasks == 3
     pre = {l.name: l.steps for l in its["cifar10-ae"].loops(ex.PAPER_PRETRAIN)}
     assert pre == {"epochs": 50 * math.ceil(5000 / 64), "eval": 2 * (5 + 1)}
 
@@ -185,10 +198,13 @@ def test_probes_keep_the_papers_shapes_for_a_few_examples():
             continue
         assert (p.nf, p.codes, p.total_code, p.run_seeds, p.rows, p.eval_batch) == \
             (c.nf, c.codes, c.total_code, c.run_seeds, c.rows, c.eval_batch)
-        assert p.tasks == 2 and p.test_per_class == ex.PROBE_TEST_PER_CLASS  # small test sets: a quick dry run
+        # two tasks, three where the step grows with the earlier tasks (GEM, GEM's iCaRL); small test sets
+        # (every GEM; iCaRL as GEM's code runs it, one exemplar per old class, not our Adam variant's)
+        grows = "gem-" in name or ("icarl-" in name and "-adam-" not in name)
+        assert p.tasks == (3 if grows else 2) and p.test_per_class == ex.PROBE_TEST_PER_CLASS, name
         # a run on batches of 10 gets 5 batches per task: the preflight captures and replays its step
         batch = ex.row_configs(p)[0].batch
-        assert p.train_per_task >= (50 if batch == 10 else 2), name
+        assert p.train_per_task >= (50 if batch == 10 else 3), name
     gem = its["coarse-gem-s0"].cfg("probe")
     # GEM keeps the paper's 10 memories per task, and sees enough examples of each
     assert gem.total_budget // gem.tasks == 10 and gem.train_per_task == ex.PROBE_BATCHED_EXAMPLES == 50

@@ -105,14 +105,24 @@ def test_items_first_pass_then_seeds_then_beyond():
 def test_loops_and_probes():
     its = _items()
     it = its["fused-1step-s0"]
-    assert {l.name: l.steps for l in it.loops(it.cfg("paper"))} == {"lifelong": 29214, "eval": 51 * 4}
+    a, b = ex.FACTS["train_sizes"][:2]
+    assert {l.name: l.steps for l in it.loops(it.cfg("paper"))} == {
+        "lifelong": a, "lifelong-2nd": b, "lifelong-later": 29214 - a - b, "eval": 51 * 4}
     assert its["gem-10"].loops(its["gem-10"].cfg("paper")) == []
     # GEM as published: one update per batch of 10 incoming examples, batches never crossing an alphabet
     g = its["gem-50"]
-    assert {l.name: l.steps for l in g.loops(g.cfg("paper"))} == {"lifelong": n_updates(ex.FACTS["train_sizes"], 10),
-                                                                   "eval": 204}
+    gl = {l.name: l for l in g.loops(g.cfg("paper"))}
+    assert sum(gl[n].steps for n in ("lifelong", "lifelong-2nd", "lifelong-later")) == n_updates(ex.FACTS["train_sizes"], 10)
+    assert gl["eval"].steps == 204
     assert n_updates(ex.FACTS["train_sizes"], 10) == 2937 and sum(ex.FACTS["train_sizes"]) == 29214
-    assert all(l.captured == (l.name == "lifelong") for l in g.loops(g.cfg("paper")))
+    assert all(l.captured == l.name.startswith("lifelong") for l in gl.values())
+    # GEM's step computes a memory gradient per earlier alphabet: its later steps grow from the second
+    # alphabet's (about 26 earlier alphabets on average over the last 48: 24 beyond the probe's third),
+    # and its probe runs three alphabets; the fused runs' later steps cost what the second's did
+    assert gl["lifelong-later"].grows_from == "lifelong-2nd" and 20 < gl["lifelong-later"].growth < 28
+    assert g.cfg("probe").tasks == 3 and it.cfg("probe").tasks == 2
+    later = {l.name: l for l in it.loops(it.cfg("paper"))}["lifelong-later"]
+    assert later.like == "lifelong-2nd" and later.grows_from is None
     p = it.cfg("probe")
     assert (p.tasks, p.nf, p.codes, p.run_seeds, p.rows) == (2, 20, it.cfg("paper").codes, (0,), it.cfg("paper").rows)
     # a run that cannot run at the paper's budgets is its own probe; GEM keeps 1 memory per task
@@ -314,7 +324,16 @@ def test_texts_of_optimizer_and_memory():
 
 def test_the_lifelong_loop_counts_incoming_batches():
     loops = {l.name: (l.steps, l.captured) for l in L.lifelong_loops({"gem"}, True, [25, 10, 3], 30, 3, 1000, 10)}
-    assert loops == {"lifelong": (3 + 1 + 1, L.CAPTURED), "eval": (4, False)}
-    assert L.lifelong_loops({"online"}, True, [25, 10, 3], 30, 3, 1000)[0].steps == 38
+    assert loops == {"lifelong": (3, L.CAPTURED), "lifelong-2nd": (1, L.CAPTURED), "lifelong-later": (1, L.CAPTURED),
+                     "eval": (4, False)}
+    assert sum(l.steps for l in L.lifelong_loops({"online"}, True, [25, 10, 3], 30, 3, 1000)[:3]) == 38
+    # a growing step: the mean task index over the later tasks' steps beyond the probe's third task
+    # (30 steps at t=2, 10 at t=3: mean 2.25, 0.25 units of growth)
+    later = L.lifelong_loops({"gem"}, True, [25, 10, 30, 10], 30, 4, 1000, grows=True)[2]
+    assert later.name == "lifelong-later" and later.grows_from == "lifelong-2nd"
+    assert later.growth == pytest.approx((30 * 2 + 10 * 3) / 40 - 2)
+    assert L.lifelong_loops({"online"}, True, [25], 30, 1, 1000)[0].steps == 25  # one task: no later steps
+    assert [l.name for l in L.lifelong_loops({"online"}, True, [25, 5], 30, 2, 1000)] == ["lifelong", "lifelong-2nd",
+                                                                                          "eval"]
     assert L.lifelong_loops({"icarl"}, False, [25], 30, 1, 1000, 10) == []
     assert L.CAPTURED is True

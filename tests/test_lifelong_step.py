@@ -161,13 +161,20 @@ def test_resume_after_a_kill_equals_an_unbroken_run(name):
 
 def test_batches_of_incoming_examples_and_the_probe_ticks():
     """``batch``: incoming examples per update (GEM's protocol: 10), never across a task boundary; one
-    ``lifelong`` tick per update, one ``eval`` tick per test batch, one ``herding`` tick per iCaRL task."""
+    tick per update (``lifelong``, ``lifelong-2nd``, ``lifelong-later`` in the first, second and later
+    tasks: the loops of ``lifelong_common.lifelong_loops``), one ``eval`` tick per test batch, one
+    ``herding`` tick per iCaRL task."""
     s = synth(per=8)
     cfg = LifelongConfig("icarl", budget=9, batch=3, eval_batch=4, **KW)
     with Recorder() as rec:
         [r] = run_lifelong(s, cfg, [0])
     assert r.complete and r.steps == 3 * 3  # ceil(8 / 3) updates per task, 3 tasks, 1 step each
-    assert rec.loops["lifelong"].steps == 9 == n_updates(s, 3) and rec.loops["herding"].steps == 3
+    assert [rec.loops[n].steps for n in ("lifelong", "lifelong-2nd", "lifelong-later")] == [3, 3, 3]
+    assert 3 * 3 == n_updates(s, 3) and rec.loops["herding"].steps == 3
+    from recollect.experiments import lifelong_common as L
+
+    loops = L.lifelong_loops({"icarl"}, True, [8, 8, 8], 18, 3, 4, 3)
+    assert {l.name: l.steps for l in loops} == {k: v.steps for k, v in rec.loops.items()}
     assert n_updates([2500] * 20, 10) == 5000 and n_updates(s) == 24
     assert rec.loops["eval"].steps == 4 * math.ceil(18 / 4)  # before the first task and after each
     h = LifelongHarness(s, LifelongConfig("rehearsal", budget=4, batch=3, **KW), [0])

@@ -43,3 +43,33 @@ def test_grouped_convolution_backward_counts_as_groups_separate_models():
         return c.flops()
 
     assert flops(4) == 4 * flops(1)
+
+
+def test_warm_up_and_capture_steps_are_kept_apart_from_the_steady_ones():
+    """A captured step's warm-up and capture calls mark their step (``probe.unsteady``); a loop's time
+    per step is its steady steps' (the replays), the warm-up's only when there is no other."""
+    import time
+
+    with probe.Recorder() as rec:
+        for i in range(5):
+            probe.tick("step")
+            if i < 2:
+                probe.unsteady()
+                time.sleep(0.02)  # an eager warm-up, then the capture: slow
+        probe.tick("only-warm")
+        probe.unsteady()
+        time.sleep(0.01)
+    st = rec.loops["step"]
+    assert st.steps == 5 and len(st.warm) == 2 and len(st.seconds) == 3
+    assert st.per_step() < 0.01 and st.to_dict()["steady"] == 3
+    assert rec.loops["only-warm"].per_step() >= 0.01  # no steady step: the warm-up's time, not nothing
+
+
+def test_a_captured_step_warms_up_once_under_a_probe():
+    from recollect.train.capture import CapturedStep
+
+    step = CapturedStep(lambda: None, warmup=3)
+    assert step.warmup_calls() == 3
+    with probe.Recorder():
+        assert probe.active() and step.warmup_calls() == probe.PROBE_WARMUP == 1
+    assert not probe.active() and step.warmup_calls() == 3

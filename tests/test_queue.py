@@ -158,7 +158,44 @@ def test_every_training_item_longer_than_a_minute_is_resumable():
     """A GPU command runs at most 10 minutes: an item that may not finish in one must stop before the
     deadline and continue (``Job.boundary``). Only the two short checks are exempt."""
     short = {"distortion/bf16-check", "distortion/baselines"}
-    assert sorted(it.key for it in I.registry().values() if it.gpu and not it.resumable) == sorted(short)
+    items = [it for it in I.registry().values() if it.chapter in I.CHAPTER_MODULES]  # not the tests' toy items
+    assert sorted(it.key for it in items if it.gpu and not it.resumable) == sorted(short)
+
+
+def test_a_growing_loop_is_extrapolated_from_the_probe_s_tasks():
+    """GEM's step at task t >= 1 costs about a + b t: its later steps cost c2 + growth (c2 - c1), growth
+    their mean t beyond the probe's third task; the later steps of a run that does not grow cost what
+    its second task's did."""
+    from recollect.queue import cpu_seconds, estimate_seconds
+
+    def counts_of(it, per):
+        return {it.key: {"probe_config": R.config_hash(I._as_dict(it.cfg("probe"))),
+                         "loops": {n: {"seconds_per_step": v, "flops_per_step": 0.0, "launches_per_step": 1.0}
+                                   for n, v in per.items()}}}
+
+    it = I.get_item("lifelong-cifar100/coarse-gem-s0")
+    loops = {l.name: l for l in it.loops(it.cfg("paper"))}
+    per = {"lifelong": 0.1, "lifelong-2nd": 0.3, "lifelong-later": 0.35, "eval": 0.01}
+    later = loops["lifelong-later"]
+    want = (loops["lifelong"].steps * 0.1 + loops["lifelong-2nd"].steps * 0.3
+            + later.steps * (0.35 + later.growth * 0.05) + loops["eval"].steps * 0.01)
+    counts = counts_of(it, per)
+    assert cpu_seconds(it, counts) == pytest.approx(want)
+    rates = {it.key: {"probe_config": counts[it.key]["probe_config"],
+                      "loops": {n: {"seconds_per_step": v} for n, v in per.items()}}}
+    sec, how = estimate_seconds(it, rates)
+    assert sec == pytest.approx(want) and how.startswith("measured")
+    # a measured later step cheaper than the second task's (noise) never shrinks it
+    assert I.step_cost(later, {"lifelong-2nd": 0.5, "lifelong-later": 0.3}.__getitem__) == 0.3
+    # without a rate it reads, the estimate is not made from half the facts
+    del rates[it.key]["loops"]["lifelong-2nd"]
+    assert estimate_seconds(it, rates)[0] is None
+    # a fused run: its probe has no third task, the later tasks cost the second's
+    f = I.get_item("lifelong-cifar100/coarse-fused-s0")
+    fl = {l.name: l for l in f.loops(f.cfg("paper"))}
+    per = {"lifelong": 0.2, "lifelong-2nd": 0.1, "eval": 0.01}
+    want = fl["lifelong"].steps * 0.2 + (fl["lifelong-2nd"].steps + fl["lifelong-later"].steps) * 0.1 + 2.1
+    assert cpu_seconds(f, counts_of(f, per)) == pytest.approx(want)
 
 
 def test_compare_numbers_tolerates_small_and_reports_large_differences():

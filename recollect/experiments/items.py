@@ -48,7 +48,7 @@ from .. import results as R
 from ..cache import smoke_results_dir
 from ..train import probe
 
-__all__ = ["Item", "Loop", "Job", "Missing", "register", "registry", "get_item", "chapter_items", "run_item",
+__all__ = ["Item", "Loop", "step_cost", "loop_names", "Job", "Missing", "register", "registry", "get_item", "chapter_items", "run_item",
            "result", "fetch", "collect", "needs_results", "is_missing", "current_version", "smoke_record", "SMOKE_DIR",
            "CHAPTER_MODULES", "FINGERPRINT_ENV", "REHEARSAL_ENV", "Incomplete", "TIME_LIMIT_ENV", "StageMismatch", "verify_versions",
            "item_state", "item_states", "checkpoint_files", "renderable"]
@@ -73,10 +73,41 @@ STAGES = ("first", "seeds", "beyond")
 @dataclass(frozen=True)
 class Loop:
     """One loop of an item: ``name`` as its trainer ticks it (``recollect.train.probe``), ``steps``
-    at the item's config, ``captured`` when each step replays a CUDA graph on a GPU."""
+    at the item's config, ``captured`` when each step replays a CUDA graph on a GPU.
+
+    A probe runs a few steps of each loop; two fields say how a loop's per-step cost follows from
+    the probe's when it is not simply its own:
+
+    * ``like``: the loop costs what the probe measured for loop ``like`` (the lifelong runs' later
+      tasks, which a two-task probe never reaches, cost what its second task did);
+    * ``grows_from`` and ``growth``: the step grows linearly with the stream, ``growth`` units beyond
+      the probe's, each unit costing the difference between this loop's probe step and loop
+      ``grows_from``'s. A GEM step at task t >= 1 costs ``a + b t`` (a QP and the memory-gradient
+      machinery from the second task on, one memory gradient per earlier task); the probe runs three
+      tasks, so ``lifelong-later`` (task 2 onwards) costs ``c2 + (mean t - 2) (c2 - c1)``.
+
+    See :func:`step_cost`."""
     name: str
     steps: int
     captured: bool = False
+    like: str | None = None
+    grows_from: str | None = None
+    growth: float = 0.0
+
+
+def step_cost(loop: Loop, cost: Callable[[str], float]) -> float:
+    """Seconds per step of ``loop`` given ``cost(name)``, the probe's seconds per step of a loop name
+    (measured or counted), taken from its ``like`` loop and extrapolated along the stream for a
+    growing loop (:class:`Loop`; a difference below zero, noise, counts as no growth)."""
+    c = cost(loop.like or loop.name)
+    if loop.grows_from is not None and loop.growth:
+        c += loop.growth * max(0.0, c - cost(loop.grows_from))
+    return c
+
+
+def loop_names(loops) -> set:
+    """Every loop name whose probe cost the estimate of ``loops`` reads."""
+    return {l.like or l.name for l in loops} | {l.grows_from for l in loops if l.grows_from is not None}
 
 
 @dataclass(frozen=True)

@@ -88,10 +88,13 @@ PAPER_TOTAL = 200
 PAPER_SEEDS = (0, 1, 2)
 #: the smoke profile fuses two seeds in every run (the fusion of seeds is then exercised)
 SMOKE_SEEDS = (0, 1)
-#: the probe (dry run, GPU preflight): the first tasks, a few incoming examples of each
-PROBE_TASKS, PROBE_EXAMPLES = 2, 2
-#: incoming examples per task in the probe of a run on batches of 10 (GEM's protocol): 5 batches, so
-#: the preflight gets past the CUDA graph's 3 warm-up calls and captures and replays the step
+#: the probe (dry run, GPU preflight): the first tasks (two; three for GEM and iCaRL, whose steps grow
+#: with the earlier tasks: ``lifelong_common.probe_tasks``), a few incoming examples of each: 3 steps,
+#: so a probe's captured step (one warm-up call, the capture, ``recollect.train.probe.PROBE_WARMUP``)
+#: replays at least once in each task
+PROBE_EXAMPLES = 3
+#: incoming examples per task in the probe of a run on batches of 10 (GEM's protocol): 5 batches, 3
+#: of them replays of the captured step
 PROBE_BATCHED_EXAMPLES = 50
 #: test images per class in the probe (dry run, preflight)
 PROBE_TEST_PER_CLASS = 4
@@ -161,19 +164,21 @@ class CifarRun(L.HarnessRun):
                        run_seeds=SMOKE_SEEDS, threads=1)
 
     def probe(self) -> "CifarRun":
-        """The paper's shapes (models, fused groups, buffers) for the first 2 tasks, 2 incoming examples
-        of each and 4 test images per class (the eval loop's per-step time is then that of a small
-        batch: evaluation is a small part of a run). A run on batches of 10 sees
-        :data:`PROBE_BATCHED_EXAMPLES` examples of each task (5 batches: the preflight captures its
-        step). GEM keeps the paper's 10 memories per task (budget // 20): its budget scales to the
-        probe's 2 tasks, and it sees at least 10 examples of each."""
+        """The paper's shapes (models, fused groups, buffers) for the first 2 tasks (3 for GEM and
+        iCaRL, ``lifelong_common.probe_tasks``), 3 incoming examples of each and 4 test images per
+        class (the eval loop's per-step time is then that of a small batch: evaluation is a small
+        part of a run). A run on batches of 10 sees :data:`PROBE_BATCHED_EXAMPLES` examples of each
+        task (5 batches: the preflight captures its step). GEM keeps the paper's 10 memories per task
+        (budget // 20): its budget scales to the probe's tasks, and it sees at least 10 examples of
+        each."""
+        tasks = L.probe_tasks(row_configs(self)) if self.rows else 2
         n = PROBE_EXAMPLES
         if self.rows and max(c.batch for c in row_configs(self)) > 1:
             n = max(n, PROBE_BATCHED_EXAMPLES)
-        out = replace(self, tasks=PROBE_TASKS, train_per_task=n, test_per_class=PROBE_TEST_PER_CLASS)
+        out = replace(self, tasks=tasks, train_per_task=n, test_per_class=PROBE_TEST_PER_CLASS)
         if self.rows and all(k.startswith("gem-") for k in self.rows):
             per = max(1, self.total_budget // FACTS["tasks"])
-            out = replace(out, total_budget=per * PROBE_TASKS, train_per_task=max(n, per))
+            out = replace(out, total_budget=per * tasks, train_per_task=max(n, per))
         return out
 
 
@@ -344,7 +349,7 @@ def _loops(cfg: CifarRun) -> list:
     cfgs = row_configs(cfg)
     ok = any(plan_storage(c, IMAGE_SHAPE, f["tasks"], f["classes"]).runnable for c in cfgs)
     return L.lifelong_loops({r["method"] for r in rows(cfg)}, ok, f["train_sizes"], f["test_images"], f["tasks"],
-                            cfg.eval_batch, cfgs[0].batch if cfgs else 1)
+                            cfg.eval_batch, cfgs[0].batch if cfgs else 1, grows=L.grows_with_tasks(cfgs))
 
 
 def _cifar10_images(n: int | None) -> torch.Tensor:

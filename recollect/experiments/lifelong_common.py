@@ -14,9 +14,11 @@ is one *fused run* of the lifelong harness (``recollect.train.lifelong``), and i
 * :func:`results_of` turns a payload back into :class:`~recollect.train.lifelong.LifelongResult` s
   (their ``summary`` and ``curves`` make the chapters' tables and figures).
 * :func:`lifelong_loops` names the loops an item runs, with their step counts, for the plan's
-  estimates: ``lifelong`` (one step per incoming batch: all its gradient steps and the store; one
-  example per batch in the paper's protocol, 10 in GEM's, so ``n_updates(task sizes, batch)``
-  steps), ``eval`` (one step per test batch of an evaluation, before the first task and after each),
+  estimates: ``lifelong``, ``lifelong-2nd`` and ``lifelong-later`` (one step per incoming batch of
+  the first task, the second, the others: all its gradient steps and the store; one example per
+  batch in the paper's protocol, 10 in GEM's, so ``n_updates(task sizes, batch)`` steps together;
+  a GEM or iCaRL step grows with the earlier tasks, which ``lifelong-later`` extrapolates from a
+  probe of three tasks), ``eval`` (one step per test batch of an evaluation, before the first task and after each),
   ``herding`` (iCaRL: one per task end) and ``epochs`` (the CIFAR-10 autoencoder: one per
   minibatch). The harness ticks the same names (``recollect.train.probe.tick``).
 * :func:`optimizer_text` and :func:`memory_text` say in words what a row ran with and what it
@@ -36,7 +38,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..train.checkpoint import Checkpointer
-from ..train.lifelong import AS_PUBLISHED, LifelongConfig, LifelongResult, n_train_classes, n_updates, run_lifelong
+from ..train.lifelong import (AS_PUBLISHED, LOOPS, LifelongConfig, LifelongResult, n_train_classes, run_lifelong,
+                              updates_per_task)
 from ..utils import threads
 from .items import Loop, collect, get_item
 
@@ -164,15 +167,42 @@ def run_fused(job, st, cfgs, seeds, *, ae_init=None, desc: str | None = None, n_
     return payload_of(st, cfgs, seeds, res)
 
 
+def grows_with_tasks(cfgs) -> bool:
+    """Whether a step of these configs does work for every earlier task: GEM (a memory gradient per
+    earlier task) and iCaRL distilling one exemplar per old class (GEM's protocol)."""
+    return any(c.method == "gem" or (c.method == "icarl" and c.icarl_distill == "per_class") for c in cfgs)
+
+
+def probe_tasks(cfgs) -> int:
+    """Tasks of a lifelong probe: three when the step grows with the earlier tasks (the second and
+    third tasks give its growth, :func:`lifelong_loops`), else two."""
+    return 3 if grows_with_tasks(cfgs) else 2
+
+
 def lifelong_loops(methods, runnable: bool, train_sizes, test_images: int, tasks: int, eval_batch: int,
-                   batch: int = 1) -> list:
+                   batch: int = 1, grows: bool = False) -> list:
     """The loops of one fused run (module docstring); none when nothing in it can run. ``train_sizes``:
-    the training examples of every task (the ``lifelong`` loop has ``n_updates(train_sizes, batch)``
-    steps: one per incoming batch, batches never crossing a task)."""
+    the training examples of every task; one step per incoming batch, batches never crossing a task
+    (``n_updates(train_sizes, batch)`` together), ticked as ``lifelong`` in the first task,
+    ``lifelong-2nd`` in the second and ``lifelong-later`` in the others. ``grows``
+    (:func:`grows_with_tasks`): a step of task t >= 1 costs ``a + b t``, and the probe runs three
+    tasks (:func:`probe_tasks`): ``lifelong-later`` grows from ``lifelong-2nd`` by its mean t - 2;
+    otherwise the probe runs two and the later tasks cost what the second did (``like``)."""
     if not runnable:
         return []
-    out = [Loop("lifelong", n_updates(list(train_sizes), int(batch)), captured=CAPTURED),
-           Loop("eval", (tasks + 1) * math.ceil(test_images / eval_batch))]
+    first, second, later = LOOPS
+    per = updates_per_task(list(train_sizes), int(batch))
+    out = [Loop(first, per[0], captured=CAPTURED)]
+    if len(per) > 1:
+        out.append(Loop(second, per[1], captured=CAPTURED))
+    n_later = sum(per[2:])
+    if n_later:
+        if grows:
+            mean_t = sum(t * n for t, n in enumerate(per) if t >= 2) / n_later
+            out.append(Loop(later, n_later, captured=CAPTURED, grows_from=second, growth=mean_t - 2))
+        else:
+            out.append(Loop(later, n_later, captured=CAPTURED, like=second))
+    out.append(Loop("eval", (tasks + 1) * math.ceil(test_images / eval_batch)))
     if "icarl" in methods:
         out.append(Loop("herding", tasks))
     return out

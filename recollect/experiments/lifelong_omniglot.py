@@ -68,10 +68,13 @@ FACTS = {"tasks": 50, "classes": 1623, "train_images": 29214, "test_images": 324
 SMOKE_SEEDS = (0, 1)
 #: seeds of the paper profile: the first pass runs the first, the seeds stage the rest
 PAPER_SEEDS = (0, 1, 2, 3, 4)
-#: the probe (dry run, GPU preflight): the first tasks, a few incoming examples of each
-PROBE_TASKS, PROBE_EXAMPLES = 2, 2
-#: incoming examples per task in the probe of a run on batches of 10 (GEM's protocol): 5 batches, so
-#: the preflight gets past the CUDA graph's 3 warm-up calls and captures and replays the step
+#: the probe (dry run, GPU preflight): the first tasks (two; three for GEM and iCaRL, whose steps grow
+#: with the earlier tasks: ``lifelong_common.probe_tasks``), a few incoming examples of each: 3 steps,
+#: so a probe's captured step (one warm-up call, the capture, ``recollect.train.probe.PROBE_WARMUP``)
+#: replays at least once in each task
+PROBE_EXAMPLES = 3
+#: incoming examples per task in the probe of a run on batches of 10 (GEM's protocol): 5 batches, 3
+#: of them replays of the captured step
 PROBE_BATCHED_EXAMPLES = 50
 
 #: row key -> (method, index into the budgets (None: online), gradient steps per example)
@@ -135,20 +138,22 @@ class OmniglotRun(L.HarnessRun):
                        codes=((16, 2), (32, 2)), run_seeds=SMOKE_SEEDS, threads=1)
 
     def probe(self) -> "OmniglotRun":
-        """The paper's shapes (model, fused groups, buffers, eval batch) for the first 2 alphabets and
-        2 incoming examples of each; :data:`PROBE_BATCHED_EXAMPLES` for a run on batches of 10 (5
-        batches: the preflight captures its step). GEM keeps the paper's memories per task (budget //
-        50): its budget scales to the probe's 2 tasks. A run that cannot run at the paper's budgets
-        is its own probe (it returns at once)."""
+        """The paper's shapes (model, fused groups, buffers, eval batch) for the first 2 alphabets (3
+        for GEM and iCaRL, ``lifelong_common.probe_tasks``) and 3 incoming examples of each;
+        :data:`PROBE_BATCHED_EXAMPLES` for a run on batches of 10 (5 batches: the preflight captures
+        its step). GEM keeps the paper's memories per task (budget // 50): its budget scales to the
+        probe's tasks. A run that cannot run at the paper's budgets is its own probe (it returns at
+        once)."""
         if not self.runnable():
             return self
+        tasks = L.probe_tasks(row_configs(self))
         n = PROBE_EXAMPLES
         if max(c.batch for c in row_configs(self)) > 1:
             n = max(n, PROBE_BATCHED_EXAMPLES)
-        out = replace(self, tasks=PROBE_TASKS, train_per_task=n)
+        out = replace(self, tasks=tasks, train_per_task=n)
         if all(ROWS[k][0] == "gem" for k in self.rows):
             per = [max(1, b // FACTS["tasks"]) for b in self.budgets]
-            out = replace(out, budgets=tuple(p * PROBE_TASKS for p in per), train_per_task=max(n, *per))
+            out = replace(out, budgets=tuple(p * tasks for p in per), train_per_task=max(n, *per))
         return out
 
     def runnable(self) -> bool:
@@ -253,7 +258,7 @@ def _loops(cfg: OmniglotRun) -> list:
     ok = any(p.runnable for p in _plans(cfg, f["tasks"], f["classes"]))
     cfgs = row_configs(cfg)
     return L.lifelong_loops({ROWS[k][0] for k in cfg.rows}, ok, f["train_sizes"], f["test_images"], f["tasks"],
-                            cfg.eval_batch, cfgs[0].batch if cfgs else 1)
+                            cfg.eval_batch, cfgs[0].batch if cfgs else 1, grows=L.grows_with_tasks(cfgs))
 
 
 FIRST_SEEDS = PAPER_SEEDS[:1]

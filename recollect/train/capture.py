@@ -46,6 +46,8 @@ import contextlib
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from . import probe
+
 __all__ = ["SyncCounter", "CapturedStep", "backward_step", "autocast", "TrainStep", "STRICT_SYNC"]
 
 #: set by the GPU queue's preflight (``recollect.queue``): every step on CUDA runs under
@@ -272,6 +274,11 @@ class CapturedStep:
         self._spec = None
         self._calls = 0
 
+    def warmup_calls(self) -> int:
+        """Eager calls before the capture: ``warmup``, or at most ``probe.PROBE_WARMUP`` while a probe
+        records (its loops are a few steps long and must reach a replay)."""
+        return min(self.warmup, probe.PROBE_WARMUP) if probe.active() else self.warmup
+
     @property
     def captured(self) -> bool:
         """True once a CUDA graph has been captured (and is replayed)."""
@@ -328,7 +335,8 @@ class CapturedStep:
             self._calls += 1
             return self._run(inputs)
         if self._graph is None:
-            if self._calls < self.warmup:
+            probe.unsteady()
+            if self._calls < self.warmup_calls():
                 self._calls += 1
                 return self._side_stream(inputs)
             self._capture(inputs)

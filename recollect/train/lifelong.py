@@ -48,9 +48,11 @@ synchronisation (reservoir decisions, buffer fill counts, optimizer step counts 
 empty replay places are filled by ``torch.where``; every random draw comes from a block's device
 generator, registered with the graph). On the CPU the same function runs eagerly. With
 ``amp_dtype="bfloat16"`` the step runs under autocast (off by default; compare with float32 before
-using it for results). Every incoming batch ticks ``recollect.train.probe.tick("lifelong")`` once
-(one example per tick in the paper's protocol), every evaluation batch ``tick("eval")``, every
-iCaRL herding ``tick("herding")``.
+using it for results). Every incoming batch ticks ``recollect.train.probe.tick`` once (one example
+per tick in the paper's protocol): ``"lifelong"`` in the first task, ``"lifelong-2nd"`` in the
+second, ``"lifelong-later"`` in the others (a GEM or iCaRL step grows with the earlier tasks: the plan
+extrapolates from a probe of three tasks, ``recollect.experiments.items.Loop``); every evaluation
+batch ``tick("eval")``, every iCaRL herding ``tick("herding")``.
 
 After every task (and once before the first, which gives GEM's random-initialisation vector ``b``)
 every task's test set is evaluated: task-aware accuracy (GEM's masking: argmax over the task's
@@ -93,8 +95,11 @@ from .methods import Learner, LifelongMethod, Setting, StoragePlan, as_input, ge
 from .probe import tick
 
 __all__ = ["METHODS", "LifelongConfig", "StoragePlan", "LifelongResult", "LifelongHarness", "plan_storage",
-           "n_train_classes", "n_updates", "run_lifelong", "make_optimizer", "can_fuse", "fuse_groups", "AMP_DTYPES",
+           "n_train_classes", "n_updates", "updates_per_task", "LOOPS", "run_lifelong", "make_optimizer", "can_fuse", "fuse_groups", "AMP_DTYPES",
            "AS_PUBLISHED"]
+
+#: the names the incoming batches tick (``recollect.train.probe``): in the first task, the second, the others
+LOOPS = ("lifelong", "lifelong-2nd", "lifelong-later")
 
 #: the registered methods (``recollect.train.methods``), in registration order
 METHODS = method_names()
@@ -219,11 +224,17 @@ def n_train_classes(stream) -> int:
 def n_updates(task_sizes, batch: int = 1) -> int:
     """Updates of one pass over a stream whose tasks have ``task_sizes`` training examples (a list, or a
     ``TaskStream``), ``batch`` incoming examples per update, batches never crossing a task: the
-    number of ``tick("lifelong")`` of a run (``sum(ceil(n / batch))``; the examples when batch is 1)."""
+    number of ticks of the :data:`LOOPS` of a run (``sum(ceil(n / batch))``; the examples when batch
+    is 1)."""
+    return sum(updates_per_task(task_sizes, batch))
+
+
+def updates_per_task(task_sizes, batch: int = 1) -> list[int]:
+    """The updates of each task of :func:`n_updates` (``ceil(n / batch)`` each)."""
     sizes = [len(s) for s in task_sizes.train] if hasattr(task_sizes, "train") else [int(n) for n in task_sizes]
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
-    return sum(-(-n // batch) for n in sizes)
+    return [-(-n // batch) for n in sizes]
 
 
 def _stream_classes(stream) -> list[int]:
@@ -526,8 +537,9 @@ class LifelongHarness:
         """Stream task t's training examples, in order, ``batch`` at a time, then end the task."""
         step = self.begin_task(t)
         lo, hi, B = self.offsets[t], self.offsets[t + 1], self.cfg.batch
+        name = LOOPS[min(t, 2)]
         for s in range(lo, hi, B):
-            tick("lifelong")
+            tick(name)
             idx = self.positions[s:min(s + B, hi)]
             if idx.shape[0] == B:
                 step(idx)

@@ -8,6 +8,12 @@ how long each took; with ``count=True`` it also counts, per loop, the floating-p
 (``torch.utils.flop_counter``) and the kernel launches (non-view ATen operations) of the steps.
 
 On a GPU, ``sync=True`` synchronises the device at every tick so that the times are the device's.
+
+A captured step (``recollect.train.capture.CapturedStep``) runs a few eager warm-up calls and one
+capture before it replays a CUDA graph; those calls call :func:`unsteady`, their step's time is kept
+apart (``LoopStats.warm``) and a loop's per-step time is that of its steady steps (the replays) when
+it has any. Under a recorder a captured step warms up once (:data:`PROBE_WARMUP`), so a probe's loop
+of three steps reaches a replay: a probe's time is the real run's replayed step, not its eager one.
 """
 from __future__ import annotations
 
@@ -15,9 +21,12 @@ import contextvars
 import time
 from collections import defaultdict
 
-__all__ = ["tick", "Recorder", "LoopStats"]
+__all__ = ["tick", "unsteady", "active", "Recorder", "LoopStats", "PROBE_WARMUP"]
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("recollect_probe", default=None)
+
+#: eager warm-up calls of a captured step while a recorder is active (the real runs use the step's own)
+PROBE_WARMUP = 1
 
 
 def tick(loop: str) -> None:
@@ -27,20 +36,35 @@ def tick(loop: str) -> None:
         rec._tick(loop)
 
 
+def unsteady() -> None:
+    """Mark the step in progress as a warm-up or capture call (no-op unless a recorder is active)."""
+    rec = _ACTIVE.get()
+    if rec is not None:
+        rec._unsteady = True
+
+
+def active() -> bool:
+    """Whether a :class:`Recorder` is recording."""
+    return _ACTIVE.get() is not None
+
+
 class LoopStats:
-    """What a recorder saw of one loop: ``steps``, per-step ``seconds`` (a list), and with counting
+    """What a recorder saw of one loop: ``steps``, per-step ``seconds`` of its steady steps (a list),
+    ``warm`` (the seconds of its warm-up and capture steps, :func:`unsteady`), and with counting
     ``flops`` and ``launches`` summed over the counted steps (``counted`` of them)."""
 
     def __init__(self):
         self.steps = 0
         self.seconds: list[float] = []
+        self.warm: list[float] = []
         self.flops = 0
         self.launches = 0
         self.counted = 0
 
     def per_step(self, skip: int = 1) -> float:
-        """Median seconds per step, leaving out the first ``skip`` steps (warm-up, capture)."""
-        s = self.seconds[skip:] or self.seconds
+        """Median seconds per steady step, leaving out the first ``skip`` of them (allocations, caches)
+        when more remain; the warm-up steps' only when the loop had no steady step."""
+        s = self.seconds[skip:] or self.seconds or self.warm
         if not s:
             return float("nan")
         s = sorted(s)
@@ -54,7 +78,8 @@ class LoopStats:
 
     def to_dict(self) -> dict:
         return {"steps": self.steps, "seconds_per_step": self.per_step(), "flops_per_step": self.flops_per_step(),
-                "launches_per_step": self.launches_per_step(), "counted": self.counted}
+                "launches_per_step": self.launches_per_step(), "counted": self.counted,
+                "steady": len(self.seconds)}
 
 
 class _Counter:
@@ -142,6 +167,7 @@ class Recorder:
         self._t = None
         self._counter = None
         self._token = None
+        self._unsteady = False
 
     def __enter__(self):
         self._token = _ACTIVE.set(self)
@@ -170,9 +196,12 @@ class Recorder:
             st.launches += self._counter.ops
             st.counted += 1
             self._counter = None
+        elif self._unsteady:
+            st.warm.append(now - self._t)
         else:
             st.seconds.append(now - self._t)
         self._cur = None
+        self._unsteady = False
 
     def _tick(self, loop: str) -> None:
         self._sync()
