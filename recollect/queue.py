@@ -98,9 +98,12 @@ def todo(store: R.ResultStore, stages=("first",), chapters=None, names=None, gpu
         known = {k for it in reg.values() if not chapters or it.chapter in chapters for k in (it.key, it.name)}
         unknown = [n for n in names if n not in known]
         if unknown:
-            where = f" of {', '.join(chapters)}" if chapters else ""
-            raise ValueError(f"no item{where} is called {', '.join(unknown)}; `python -m recollect plan` "
-                             "lists every item (name a chapter's item as CHAPTER/NAME)")
+            if chapters:
+                mine = sorted(it.name for it in reg.values() if it.chapter in chapters)
+                raise ValueError(f"{', '.join(chapters)} has no item {', '.join(unknown)}; its items: "
+                                 f"{', '.join(mine)} (`python -m recollect plan`)")
+            raise ValueError(f"no item is called {', '.join(unknown)}; `python -m recollect plan` lists every "
+                             "item (name one as CHAPTER/NAME)")
     want = []
     for it in reg.values():
         if chapters and it.chapter not in chapters:
