@@ -10,7 +10,7 @@
     python -m recollect unpack DIR                        results a GPU session brought back -> results/
     python -m recollect render [CHAPTER ...]              render chapters at the paper profile from results/
     python -m recollect smoke [CHAPTER ...]               regenerate the smoke copies and fingerprints
-    python -m recollect dry-run [ITEM|CHAPTER ...]        every paper item at its probe config, on a CPU
+    python -m recollect dry-run [ITEM|CHAPTER ...]        every paper item at its dry config, on a CPU
     python -m recollect stage [--budget S]                prepare a GPU session: data to carry, commands
     python -m recollect overview                          write book/overview.md from results/ (make book does)
     python -m recollect join-data DIR                     on the GPU host: rebuild staged CIFAR-100
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     plan.add_argument("--chapter", nargs="*")
     plan.add_argument("--count", nargs="*", metavar="ITEM_OR_CHAPTER",
                       help="first count FLOPs and launches per step on this CPU (all items if none named)")
-    dry = sub.add_parser("dry-run", help="every paper item at its probe config (paper shapes, few steps)")
+    dry = sub.add_parser("dry-run", help="every paper item at its dry config (paper shapes, one step per loop where the config says how)")
     dry.add_argument("items", nargs="*")
     dry.add_argument("--device", default="cpu")
     q = sub.add_parser("gpu-queue", help="on a GPU host: make the most important missing items within a budget")

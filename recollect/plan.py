@@ -112,10 +112,11 @@ def print_plan(chapters=None, all_rows: bool = True) -> pd.DataFrame:
 
 
 def dry_run(keys=None, device: str = "cpu", count: bool = True, log=print) -> list:
-    """Every paper-profile item at its probe config (the paper's shapes, a few steps), on ``device``:
-    a shape or memory error shows here, on a CPU, instead of costing GPU minutes. With ``count``,
-    the FLOPs, launches and seconds per step of every loop go to ``results/counts.json`` (what the
-    plan's counted estimates use). Returns the failures ``[(item, error)]``."""
+    """Every paper-profile item at the paper's shapes for a few steps, on ``device``: a shape or
+    memory error shows here, on a CPU, instead of costing GPU minutes. With ``count``, at its probe
+    config, and the FLOPs, launches and seconds per step of every loop go to ``results/counts.json``
+    (what the plan's counted estimates use); without, at its dry config (one step per loop where the
+    config says how, ``Item.cfg("dry")``: CI's check). Returns the failures ``[(item, error)]``."""
     path = R.results_dir() / COUNTS_FILE
     counts = _load_json(path)
     failures = []
@@ -126,7 +127,7 @@ def dry_run(keys=None, device: str = "cpu", count: bool = True, log=print) -> li
         t0 = time.perf_counter()
         try:
             with probe.Recorder(count=count, count_steps=1, skip=1) as rec:
-                I.run_item(it, "probe", device, R.ResultStore(), _memo=memo)
+                I.run_item(it, "probe" if count else "dry", device, R.ResultStore(), _memo=memo)
         except Exception as e:
             failures.append((key, f"{type(e).__name__}: {e}"))
             log(f"dry run {key}: FAILED {type(e).__name__}: {e}")

@@ -93,6 +93,22 @@ def test_configs_derive_smoke_and_probe_from_the_paper_profile():
     assert smoke.n_train < paper_cfg.n_train and smoke.size == paper_cfg.size
 
 
+def test_the_dry_run_trains_one_minibatch_at_the_paper_s_shapes():
+    from recollect.experiments.items import get_item
+
+    it = get_item("distortion/ae-categorical-209-8")
+    dry, probe = it.cfg("dry"), it.cfg("probe")
+    assert (dry.size, dry.batch_size, dry.lrs, dry.eval_batch, dry.precision) == (
+        probe.size, probe.batch_size, probe.lrs, probe.eval_batch, probe.precision)
+    assert dry.n_train == dry.batch_size and dry.epochs == 1 and dry.curve_images < probe.curve_images
+    assert {l.name: l.steps for l in it.loops(dry)} == {"epochs": 1, "eval": 2}
+    b = get_item("distortion/bf16-check")
+    assert b.cfg("dry").rows == b.cfg("paper").rows and b.cfg("dry").n_train == b.cfg("paper").batch_size
+    # a config without a dry() of its own is dry-run at its probe
+    j = get_item("distortion/jpeg")
+    assert j.cfg("dry") == j.cfg("probe")
+
+
 def test_every_architecture_of_both_tables_is_an_item_and_the_bce_runs_are_shared():
     from recollect.experiments.items import registry
 

@@ -132,6 +132,11 @@ def test_loops_and_probes():
     # batches of 10: 5 per alphabet in the probe, so the preflight captures and replays the step
     assert gp.train_per_task == ex.PROBE_BATCHED_EXAMPLES == 50
     assert its["gem-50-adam"].cfg("probe").train_per_task == ex.PROBE_EXAMPLES
+    # the dry run: the probe's stream and shapes, one test image per character; a storage-only run stays
+    # its own (paper) config, it must never become a small runnable stream
+    d = it.cfg("dry")
+    assert d.test_per_class == 1 and d == replace(p, test_per_class=1)
+    assert its["icarl-50"].cfg("dry") == its["icarl-50"].cfg("paper")
 
 
 def test_facts_are_the_datas():

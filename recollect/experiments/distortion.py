@@ -89,8 +89,13 @@ class AEConfig:
         return replace(self, n_train=1000, epochs=2, curve_images=250, precision="fp32")
 
     def probe(self) -> "AEConfig":
-        """The paper's shapes for a few steps (dry run, counts, GPU preflight)."""
+        """The paper's shapes for a few steps (counts, GPU preflight)."""
         return replace(self, n_train=3 * self.batch_size, epochs=1, curve_images=self.eval_batch // 4)
+
+    def dry(self) -> "AEConfig":
+        """(Of a probe config.) The dry run's: one training minibatch at the paper's shapes, the curve
+        and the final distortion on a few images (whether the item runs, not how fast)."""
+        return replace(self, n_train=self.batch_size, curve_images=16)
 
     @property
     def label(self) -> str:
@@ -122,6 +127,10 @@ class Bf16Config:
 
     def probe(self) -> "Bf16Config":
         return replace(self, n_train=3 * self.batch_size, epochs=1)
+
+    def dry(self) -> "Bf16Config":
+        """(Of a probe config.) One minibatch per row and precision."""
+        return replace(self, n_train=self.batch_size)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ A chapter declares its experiments as :class:`Item` s (``register``). An item ha
 
 * a **config per profile**: ``config("paper")`` is a frozen dataclass with the paper's settings, read
   in one place; ``config("smoke")`` is derived from it (``.smoke()``), and so is the *probe* config
-  (``.probe()``: the paper's shapes, a few steps) used by the dry run, the plan's counts and the GPU
-  preflight;
+  (``.probe()``: the paper's shapes, a few steps) used by the plan's counts and the GPU preflight, and
+  the *dry* config (the probe's ``.dry()`` where a config has one: the same shapes, one step of each
+  loop; else the probe itself) that CI's dry run uses, where only whether every item runs matters;
 * a **run** function ``run(job) -> payload`` (a dict of tables, numbers and arrays; no timings: a
   payload must be a deterministic function of the config and the code);
 * its **loops** ``loops(cfg) -> [Loop]``: the training and evaluation loops it runs and how many steps
@@ -67,6 +68,8 @@ SMOKE_DIR = "smoke"
 FINGERPRINT_ENV = "RECOLLECT_WRITE_FINGERPRINTS"
 #: tests of the queue: the paper profile runs the smoke configs (see :meth:`Item.cfg`)
 REHEARSAL_ENV = "RECOLLECT_REHEARSAL"
+#: profiles that run the paper's shapes for a few steps and store nothing
+PROBES = ("probe", "dry")
 STAGES = ("first", "seeds", "beyond")
 
 
@@ -138,11 +141,14 @@ class Item:
         return f"{self.chapter}/{self.name}"
 
     def cfg(self, profile: str):
-        """The config at ``profile`` (``smoke``, ``paper`` or ``probe``). In a queue rehearsal
+        """The config at ``profile`` (``smoke``, ``paper``, ``probe`` or ``dry``). In a queue rehearsal
         (``$RECOLLECT_REHEARSAL``, tests only) the paper profile is the smoke config, so the whole GPU
         path runs on a CPU in seconds; its results can never pass for paper results (other config)."""
         if profile == "probe":
             return self.cfg("paper").probe()
+        if profile == "dry":
+            pc = self.cfg("probe")
+            return pc.dry() if hasattr(pc, "dry") else pc
         if profile == "paper" and os.environ.get(REHEARSAL_ENV):
             return self.config("smoke")
         return self.config(profile)
@@ -215,7 +221,7 @@ class Job:
     ``deadline`` (``time.monotonic()`` seconds) by which a resumable item saves and raises
     :class:`Incomplete`."""
     item: Item
-    profile: str          # "smoke", "paper" or "probe"
+    profile: str          # "smoke", "paper", "probe" or "dry"
     cfg: Any
     device: torch.device
     deps: dict = field(default_factory=dict)
@@ -268,11 +274,12 @@ def _dep_keys(item: Item) -> list[str]:
 def run_item(item: Item, profile: str, device, store: R.ResultStore | None, *, progress: bool = False,
              checkpoint_root: pathlib.Path | None = None, cfg=None, deadline: float | None = None,
              _memo: dict | None = None) -> R.Result:
-    """Run ``item`` at ``profile`` (``smoke``, ``paper`` or ``probe``) on ``device``, its dependencies
-    first (taken from ``store`` when there, else run and stored too), and store the result.
+    """Run ``item`` at ``profile`` (``smoke``, ``paper``, ``probe`` or ``dry``) on ``device``, its
+    dependencies first (taken from ``store`` when there, else run and stored too), and store the result.
 
     ``probe`` runs the paper's shapes for a few steps and stores nothing (``store``, if given, only
-    provides current paper results of dependencies)."""
+    provides current paper results of dependencies); ``dry`` likewise, at one step per loop where the
+    config says how (:meth:`Item.cfg`)."""
     memo = {} if _memo is None else _memo
     if item.key in memo:
         return memo[item.key]
@@ -283,7 +290,7 @@ def run_item(item: Item, profile: str, device, store: R.ResultStore | None, *, p
         got = None
         if store is not None:
             # a probe uses the real paper result of a dependency when there is one
-            p = "paper" if profile == "probe" else profile
+            p = "paper" if profile in PROBES else profile
             try:
                 version = current_version(dep) if p == "paper" else None
             except ValueError:
@@ -309,11 +316,11 @@ def run_item(item: Item, profile: str, device, store: R.ResultStore | None, *, p
     seconds = time.perf_counter() - t0
     if not isinstance(payload, dict):
         raise TypeError(f"item {item.key}: run must return a dict payload, got {type(payload).__name__}")
-    version = current_version(item) if profile == "paper" else (R.fingerprint(payload) if profile == "smoke" else "probe")
+    version = current_version(item) if profile == "paper" else (R.fingerprint(payload) if profile == "smoke" else profile)
     res = R.Result(item.key, profile, _as_dict(cfg), version, R.provenance(dev, seconds), payload)
     if profile == "smoke":
         _smoke_fingerprint(item, res)
-    if store is not None and profile != "probe":
+    if store is not None and profile not in PROBES:
         store.put(res)
         if ck is not None:
             for stale in checkpoint_files(ck.parent.parent, item):  # this config's and older configs'

@@ -33,7 +33,7 @@ is one *fused run* of the lifelong harness (``recollect.train.lifelong``), and i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -95,6 +95,12 @@ class HarnessRun:
     def full(self) -> bool:
         """Whether the run sees the whole stream (the paper profile's data)."""
         return self.tasks is None and self.train_per_task is None and self.test_per_class is None
+
+    def dry(self):
+        """(Of a probe config.) The dry run's: the probe's stream with one test image per class (the
+        evaluation's shapes are the eval batch's, not the test set's). A probe that is the paper
+        config itself (a run that only counts storage) stays as it is."""
+        return self if self.full else replace(self, test_per_class=1)
 
 
 def seed_tag(seeds) -> str:
