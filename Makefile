@@ -40,8 +40,9 @@ smoke: venv
 paper-book: venv
 	$(PY) -m recollect render
 
-## every paper-profile item at its paper shapes for a few steps, on the CPU: shape and memory errors
-## show here instead of on the GPU; records FLOPs and launches per step for the plan
+## every paper-profile item at its paper shapes for a step or a few (its dry config), on the CPU:
+## shape errors show here instead of on the GPU (`recollect plan --count` records the FLOPs and
+## launches per step of the probes, which the plan's estimates use)
 dry-run: venv
 	$(PY) -m recollect dry-run
 
