@@ -434,6 +434,11 @@ def gpu_queue(budget: float, out: str | os.PathLike, *, stages=("first",), chapt
         for it in cands:
             left = deadline - time.monotonic()
             est, how = estimate_seconds(it, rates, counts)
+            if dev.type == "cpu":
+                # a queue on a CPU: the counting CPU's measured seconds per probe step, not H200 seconds
+                cpu = cpu_seconds(it, counts)
+                if cpu is not None:
+                    est, how = cpu, "seconds per probe step measured on the CPU that counted it"
             if any(_state(I.get_item(d), store) != "done" for d in I._dep_keys(it)):
                 log_doc["skipped"].append({"item": it.key, "why": "a dependency is not done"})
                 log(f"skip {it.key}: a dependency is not done")

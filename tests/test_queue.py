@@ -371,3 +371,18 @@ def test_plan_shows_a_cpu_estimate_and_what_a_cpu_took(tmp, monkeypatch, capsys)
     out = capsys.readouterr().out
     assert "python -m recollect run distortion --profile paper --item" in out
     assert "GPU items made on a CPU so far, minutes taken against this estimate: distortion" in out
+
+
+def test_a_queue_on_a_cpu_estimates_with_the_counting_cpu_s_seconds(tmp, monkeypatch):
+    from recollect.queue import cpu_seconds, estimate_seconds, gpu_queue
+
+    monkeypatch.setenv("RECOLLECT_RESULTS", str(tmp / "results"))
+    shutil.copy(R.ROOT / "results" / "counts.json", tmp / "results" / "counts.json")
+    counts = json.loads((tmp / "results" / "counts.json").read_text())
+    it = I.get_item("distortion/ae-continuous-1")
+    cpu, (gpu, _) = cpu_seconds(it, counts), estimate_seconds(it, None, counts)
+    assert cpu > 10 * gpu  # seconds on two CPU cores, not H200 seconds
+    doc = gpu_queue(600, tmp / "out", names=[it.key], device="cpu", do_preflight=False, dry=True,
+                    checkpoint_root=tmp / "ck")
+    line = next(l for l in doc["lines"] if "would run" in l)
+    assert f"would run {it.key}: estimate {cpu:.0f} s (seconds per probe step measured on the CPU" in line
