@@ -29,7 +29,7 @@ book: venv
 
 ## the whole test suite: unit tests, then nbval re-executes every chapter's smoke copy (empty cache)
 test: venv
-	RECOLLECT_CACHE=$$(mktemp -d) $(PORTABLE) $(PY) -m pytest -p no:cacheprovider tests --nbval --nbval-current-env \
+	RECOLLECT_CACHE=$$(mktemp -d) $(PORTABLE) $(PY) -m pytest -p no:cacheprovider --durations=15 tests --nbval --nbval-current-env \
 	    --nbval-sanitize-with tests/nbval-sanitize.cfg
 
 ## regenerate the smoke regression copies (after changing a chapter)
