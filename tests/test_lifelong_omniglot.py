@@ -137,6 +137,9 @@ def test_loops_and_probes():
     d = it.cfg("dry")
     assert d.test_per_class == 1 and d == replace(p, test_per_class=1)
     assert its["icarl-50"].cfg("dry") == its["icarl-50"].cfg("paper")
+    # GEM on batches of 10: one batch per alphabet in the dry run (five in the probe)
+    gd = g.cfg("dry")
+    assert gd.train_per_task == 10 and gd == replace(gp, test_per_class=1, train_per_task=10)
 
 
 def test_facts_are_the_datas():

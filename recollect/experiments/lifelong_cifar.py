@@ -182,6 +182,19 @@ class CifarRun(L.HarnessRun):
         return out
 
 
+    def dry(self) -> "CifarRun":
+        """(Of a probe config.) The dry run's: :meth:`HarnessRun.dry`, and a run on batches of 10 sees
+        one batch of each task (its probe streams five, for the preflight's capture; GEM still sees at
+        least its memories per task)."""
+        out = super().dry()
+        batch = max(c.batch for c in row_configs(self)) if self.rows else 1
+        if batch == 1:
+            return out
+        need = [batch]
+        if all(k.startswith("gem-") for k in self.rows):
+            need.append(self.total_budget // self.tasks)
+        return replace(out, train_per_task=max(need))
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Table 4's transfer source (section 5.2, appendix A.5): a categorical autoencoder of Table 4's

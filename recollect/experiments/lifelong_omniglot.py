@@ -156,6 +156,19 @@ class OmniglotRun(L.HarnessRun):
             out = replace(out, budgets=tuple(p * tasks for p in per), train_per_task=max(n, *per))
         return out
 
+    def dry(self) -> "OmniglotRun":
+        """(Of a probe config.) The dry run's: :meth:`HarnessRun.dry`, and a run on batches of 10 sees
+        one batch of each alphabet (its probe streams five, for the preflight's capture; GEM still sees
+        at least its memories per alphabet)."""
+        out = super().dry()
+        batch = max(c.batch for c in row_configs(self)) if out is not self else 1
+        if batch == 1:
+            return out
+        need = [batch]
+        if all(ROWS[k][0] == "gem" for k in self.rows):
+            need += [b // self.tasks for b in self.budgets]
+        return replace(out, train_per_task=max(need))
+
     def runnable(self) -> bool:
         """Whether any of the rows can run at the paper profile's stream (accounting only)."""
         return any(p.runnable for p in _plans(self, FACTS["tasks"], FACTS["classes"]))
