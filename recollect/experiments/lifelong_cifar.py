@@ -88,14 +88,8 @@ PAPER_TOTAL = 200
 PAPER_SEEDS = (0, 1, 2)
 #: the smoke profile fuses two seeds in every run (the fusion of seeds is then exercised)
 SMOKE_SEEDS = (0, 1)
-#: the probe (dry run, GPU preflight): the first tasks (two; three for GEM and iCaRL, whose steps grow
-#: with the earlier tasks: ``lifelong_common.probe_tasks``), a few incoming examples of each: 3 steps,
-#: so a probe's captured step (one warm-up call, the capture, ``recollect.train.probe.PROBE_WARMUP``)
-#: replays at least once in each task
-PROBE_EXAMPLES = 3
-#: incoming examples per task in the probe of a run on batches of 10 (GEM's protocol): 5 batches, 3
-#: of them replays of the captured step
-PROBE_BATCHED_EXAMPLES = 50
+#: the probe's incoming examples per task (``lifelong_common``: both chapters probe alike)
+PROBE_EXAMPLES, PROBE_BATCHED_EXAMPLES = L.PROBE_EXAMPLES, L.PROBE_BATCHED_EXAMPLES
 #: test images per class in the probe (dry run, preflight)
 PROBE_TEST_PER_CLASS = 4
 #: the paper profile's stream (either split), for accounting without the dataset; the tests check
@@ -164,36 +158,21 @@ class CifarRun(L.HarnessRun):
                        run_seeds=SMOKE_SEEDS, threads=1)
 
     def probe(self) -> "CifarRun":
-        """The paper's shapes (models, fused groups, buffers) for the first 2 tasks (3 for GEM and
-        iCaRL, ``lifelong_common.probe_tasks``), 3 incoming examples of each and 4 test images per
-        class (the eval loop's per-step time is then that of a small batch: evaluation is a small
-        part of a run). A run on batches of 10 sees :data:`PROBE_BATCHED_EXAMPLES` examples of each
-        task (5 batches: the preflight captures its step). GEM keeps the paper's 10 memories per task
-        (budget // 20): its budget scales to the probe's tasks, and it sees at least 10 examples of
-        each."""
-        tasks = L.probe_tasks(row_configs(self)) if self.rows else 2
-        n = PROBE_EXAMPLES
-        if self.rows and max(c.batch for c in row_configs(self)) > 1:
-            n = max(n, PROBE_BATCHED_EXAMPLES)
-        out = replace(self, tasks=tasks, train_per_task=n, test_per_class=PROBE_TEST_PER_CLASS)
-        if self.rows and all(k.startswith("gem-") for k in self.rows):
-            per = max(1, self.total_budget // FACTS["tasks"])
-            out = replace(out, total_budget=per * tasks, train_per_task=max(n, per))
-        return out
+        """:meth:`HarnessRun.probe <recollect.experiments.lifelong_common.HarnessRun.probe>` (GEM keeps
+        the paper's 10 memories per task, budget // 20) with :data:`PROBE_TEST_PER_CLASS` test images
+        per class (the eval loop's per-step time is then that of a small batch: evaluation is a small
+        part of a run)."""
+        return replace(super().probe(), test_per_class=PROBE_TEST_PER_CLASS)
 
+    def row_configs(self) -> list:
+        return row_configs(self)
 
-    def dry(self) -> "CifarRun":
-        """(Of a probe config.) The dry run's: :meth:`HarnessRun.dry`, and a run on batches of 10 sees
-        one batch of each task (its probe streams five, for the preflight's capture; GEM still sees at
-        least its memories per task)."""
-        out = super().dry()
-        batch = max(c.batch for c in row_configs(self)) if self.rows else 1
-        if batch == 1:
-            return out
-        need = [batch]
-        if all(k.startswith("gem-") for k in self.rows):
-            need.append(self.total_budget // self.tasks)
-        return replace(out, train_per_task=max(need))
+    def gem_memories(self) -> tuple:
+        return (self.total_budget // (self.tasks or FACTS["tasks"]),)
+
+    def with_gem_memories(self, per: tuple, tasks: int) -> "CifarRun":
+        return replace(self, total_budget=per[0] * tasks)
+
 
 @dataclass(frozen=True)
 class PretrainConfig:

@@ -43,7 +43,7 @@ from ..train.lifelong import (AS_PUBLISHED, LOOPS, LifelongConfig, LifelongResul
 from ..utils import threads
 from .items import Loop, collect, get_item
 
-__all__ = ["HarnessRun", "CAPTURED", "LOOP_NAMES", "seed_tag", "stream_facts", "run_fused", "payload_of", "results_of",
+__all__ = ["HarnessRun", "CAPTURED", "PROBE_EXAMPLES", "PROBE_BATCHED_EXAMPLES", "LOOP_NAMES", "seed_tag", "stream_facts", "run_fused", "payload_of", "results_of",
            "lifelong_loops", "lr_text", "optimizer_text", "memory_text", "storage_row", "select_items", "items_table",
            "PUBLISHED_NOTE", "HARNESS_NOTE", "RUN_WITH", "payloads", "run_records", "aggregate", "compare_records",
            "transfer_means"]
@@ -52,6 +52,14 @@ __all__ = ["HarnessRun", "CAPTURED", "LOOP_NAMES", "seed_tag", "stream_facts", "
 #: estimate differs: host-bound launches against captured kernels). It does
 #: (``recollect.train.capture.CapturedStep``; a new graph per task for GEM and iCaRL).
 CAPTURED = True
+#: the probe (dry run, GPU preflight): the first tasks (two; three for GEM and iCaRL, whose steps grow
+#: with the earlier tasks: :func:`probe_tasks`), a few incoming examples of each: 3 steps, so a
+#: probe's captured step (one warm-up call, the capture, ``recollect.train.probe.PROBE_WARMUP``)
+#: replays at least once in each task
+PROBE_EXAMPLES = 3
+#: incoming examples per task in the probe of a run on batches of 10 (GEM's protocol): 5 batches, 3
+#: of them replays of the captured step
+PROBE_BATCHED_EXAMPLES = 50
 #: what the tables add to a baseline row run as its authors ran it, and to one run with this
 #: harness's optimizer instead (issue 15)
 PUBLISHED_NOTE = "as published"
@@ -96,11 +104,57 @@ class HarnessRun:
         """Whether the run sees the whole stream (the paper profile's data)."""
         return self.tasks is None and self.train_per_task is None and self.test_per_class is None
 
+    # -- what a chapter's run tells the probe and the dry config (hooks) --------------------------
+    def row_configs(self) -> list:
+        """(A chapter's run defines it.) A :class:`LifelongConfig` per row of the run."""
+        raise NotImplementedError
+
+    def gem_memories(self) -> tuple:
+        """(A chapter's run defines it.) GEM's memories per task for each of the run's GEM budgets
+        on the stream it runs (the paper's number of tasks where it runs them all)."""
+        raise NotImplementedError
+
+    def with_gem_memories(self, per: tuple, tasks: int):
+        """(A chapter's run defines it.) The run whose GEM budgets hold ``per`` memories (one per
+        budget, :meth:`gem_memories`) for each of ``tasks`` tasks."""
+        raise NotImplementedError
+
+    # -- the probe and the dry config of both chapters ---------------------------------------------
+    def _batch(self) -> int:
+        """The largest incoming batch of the run's rows (1: the paper's protocol; 10: GEM's)."""
+        return max((c.batch for c in self.row_configs()), default=1) if self.rows else 1
+
+    def _gem_only(self) -> bool:
+        return bool(self.rows) and all(c.method == "gem" for c in self.row_configs())
+
+    def probe(self):
+        """The paper's shapes (model, fused groups, buffers, eval batch) for the first 2 tasks (3 for
+        GEM and iCaRL, :func:`probe_tasks`) and :data:`PROBE_EXAMPLES` incoming examples of each;
+        :data:`PROBE_BATCHED_EXAMPLES` for a run on batches of 10 (5 batches: the preflight captures
+        its step). GEM keeps the paper's memories per task: its budgets scale to the probe's tasks,
+        and it sees at least its memories of each task."""
+        tasks = probe_tasks(self.row_configs()) if self.rows else 2
+        n = PROBE_BATCHED_EXAMPLES if self._batch() > 1 else PROBE_EXAMPLES
+        out = replace(self, tasks=tasks, train_per_task=n)
+        if self._gem_only():
+            per = tuple(max(1, m) for m in self.gem_memories())
+            out = replace(out.with_gem_memories(per, tasks), train_per_task=max(n, *per))
+        return out
+
     def dry(self):
         """(Of a probe config.) The dry run's: the probe's stream with one test image per class (the
-        evaluation's shapes are the eval batch's, not the test set's). A probe that is the paper
-        config itself (a run that only counts storage) stays as it is."""
-        return self if self.full else replace(self, test_per_class=1)
+        evaluation's shapes are the eval batch's, not the test set's), and a run on batches of 10 sees
+        one batch of each task (its probe streams five, for the preflight's capture; GEM still sees at
+        least its memories per task). A probe that is the paper config itself (a run that only counts
+        storage) stays as it is."""
+        if self.full:
+            return self
+        out = replace(self, test_per_class=1)
+        batch = self._batch()
+        if batch == 1:
+            return out
+        need = [batch, *self.gem_memories()] if self._gem_only() else [batch]
+        return replace(out, train_per_task=max(need))
 
 
 def seed_tag(seeds) -> str:

@@ -68,14 +68,8 @@ FACTS = {"tasks": 50, "classes": 1623, "train_images": 29214, "test_images": 324
 SMOKE_SEEDS = (0, 1)
 #: seeds of the paper profile: the first pass runs the first, the seeds stage the rest
 PAPER_SEEDS = (0, 1, 2, 3, 4)
-#: the probe (dry run, GPU preflight): the first tasks (two; three for GEM and iCaRL, whose steps grow
-#: with the earlier tasks: ``lifelong_common.probe_tasks``), a few incoming examples of each: 3 steps,
-#: so a probe's captured step (one warm-up call, the capture, ``recollect.train.probe.PROBE_WARMUP``)
-#: replays at least once in each task
-PROBE_EXAMPLES = 3
-#: incoming examples per task in the probe of a run on batches of 10 (GEM's protocol): 5 batches, 3
-#: of them replays of the captured step
-PROBE_BATCHED_EXAMPLES = 50
+#: the probe's incoming examples per task (``lifelong_common``: both chapters probe alike)
+PROBE_EXAMPLES, PROBE_BATCHED_EXAMPLES = L.PROBE_EXAMPLES, L.PROBE_BATCHED_EXAMPLES
 
 #: row key -> (method, index into the budgets (None: online), gradient steps per example)
 ROWS = {
@@ -138,36 +132,19 @@ class OmniglotRun(L.HarnessRun):
                        codes=((16, 2), (32, 2)), run_seeds=SMOKE_SEEDS, threads=1)
 
     def probe(self) -> "OmniglotRun":
-        """The paper's shapes (model, fused groups, buffers, eval batch) for the first 2 alphabets (3
-        for GEM and iCaRL, ``lifelong_common.probe_tasks``) and 3 incoming examples of each;
-        :data:`PROBE_BATCHED_EXAMPLES` for a run on batches of 10 (5 batches: the preflight captures
-        its step). GEM keeps the paper's memories per task (budget // 50): its budget scales to the
-        probe's tasks. A run that cannot run at the paper's budgets is its own probe (it returns at
-        once)."""
-        if not self.runnable():
-            return self
-        tasks = L.probe_tasks(row_configs(self))
-        n = PROBE_EXAMPLES
-        if max(c.batch for c in row_configs(self)) > 1:
-            n = max(n, PROBE_BATCHED_EXAMPLES)
-        out = replace(self, tasks=tasks, train_per_task=n)
-        if all(ROWS[k][0] == "gem" for k in self.rows):
-            per = [max(1, b // FACTS["tasks"]) for b in self.budgets]
-            out = replace(out, budgets=tuple(p * tasks for p in per), train_per_task=max(n, *per))
-        return out
+        """:meth:`HarnessRun.probe <recollect.experiments.lifelong_common.HarnessRun.probe>` (GEM keeps
+        the paper's budget // 50 memories per alphabet). A run that cannot run at the paper's budgets
+        is its own probe (it returns at once)."""
+        return super().probe() if self.runnable() else self
 
-    def dry(self) -> "OmniglotRun":
-        """(Of a probe config.) The dry run's: :meth:`HarnessRun.dry`, and a run on batches of 10 sees
-        one batch of each alphabet (its probe streams five, for the preflight's capture; GEM still sees
-        at least its memories per alphabet)."""
-        out = super().dry()
-        batch = max(c.batch for c in row_configs(self)) if out is not self else 1
-        if batch == 1:
-            return out
-        need = [batch]
-        if all(ROWS[k][0] == "gem" for k in self.rows):
-            need += [b // self.tasks for b in self.budgets]
-        return replace(out, train_per_task=max(need))
+    def row_configs(self) -> list:
+        return row_configs(self)
+
+    def gem_memories(self) -> tuple:
+        return tuple(b // (self.tasks or FACTS["tasks"]) for b in self.budgets)
+
+    def with_gem_memories(self, per: tuple, tasks: int) -> "OmniglotRun":
+        return replace(self, budgets=tuple(p * tasks for p in per))
 
     def runnable(self) -> bool:
         """Whether any of the rows can run at the paper profile's stream (accounting only)."""
