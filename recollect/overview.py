@@ -3,9 +3,9 @@
     python -m recollect overview [--out book/overview.md]
 
 For every chapter it reads the paper-profile results (``results/``, never training) through the
-chapter's ``overview_tables(ctx)``: the chapter's own comparison tables (every number the paper
-reports beside its reproduced twin, the difference and the verdict, against the band the chapter
-states). The page groups them by table, counts the verdicts per chapter, and gives each chapter's
+chapter's function in :data:`TABLES`: the chapter's own comparison tables, made as the chapter makes
+them (every number the paper reports beside its reproduced twin, the difference and the verdict,
+against the band the chapter states; a table whose results are not made yet is a ``Missing``). The page groups them by table, counts the verdicts per chapter, and gives each chapter's
 state: smoke only, or paper profile with the date, GPU, GPU-minutes and the command that re-runs it.
 ``make book`` writes it before building, so it cannot go stale; a test regenerates it and checks
 it against ``results/``.
@@ -13,10 +13,10 @@ it against ``results/``.
 from __future__ import annotations
 
 import html
-import importlib
 import io
 import pathlib
 
+import numpy as np
 import pandas as pd
 
 from . import report
@@ -24,7 +24,7 @@ from .report import ChapterState
 from .experiments import context
 from .experiments import items as I
 
-__all__ = ["chapter_tables", "verdict_counts", "render", "write", "OUT"]
+__all__ = ["TABLES", "chapter_tables", "verdict_counts", "render", "write", "OUT"]
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "book" / "overview.md"
 TITLES = {
@@ -36,15 +36,71 @@ TITLES = {
 }
 
 
+# every chapter's comparison tables, as its notebook shows them (same functions, bands and digits)
+_DIGITS = {"compression": 3, "paper": 5, "ours": 5, "diff": 5}
+_POINTS = {"paper": 1, "ours": 1, "± sd": 1, "diff": 1}
+
+
+def _distortion(ctx) -> list:
+    from .experiments import distortion as ex
+
+    cc = ex.compression_check()
+    cc["verdict"] = np.where(cc["equal"], "agrees", "differs")
+    return [("Table 5: distortion of the categorical autoencoders",
+             report.table(report.compare(ex.table5_rows(ex.table5(ctx)), ex.BAND, digits=3), digits=_DIGITS,
+                          fold_after=30)),
+            ("Table 6: distortion of the continuous autoencoders",
+             report.table(report.compare(ex.table6_rows(ex.table6(ctx)), ex.BAND, digits=3), digits=_DIGITS)),
+            ("Tables 5 and 6: compression (eqs 1-2, exact)",
+             report.table(cc.drop(columns=["equal"]), digits={"paper": 3, "ours": 3}, fold_after=8))]
+
+
+def _distill_mnist(ctx) -> list:
+    from .experiments import distill_mnist as ex
+
+    summary = ex.summarize(ex.students(ctx))
+    return [("The LeNet teacher", report.table(ex.teacher_rows(ex.teacher(ctx)), digits=2)),
+            ("Table 1: LeNet students", report.table(ex.compare_table(summary, "lenet"), digits=2, fold_after=20)),
+            ("Table 2: MLP students", report.table(ex.compare_table(summary, "mlp"), digits=2, fold_after=20))]
+
+
+def _distill_omniglot(ctx) -> list:
+    from .experiments import distill_omniglot as ex
+
+    summary = ex.summarize(ex.students(ctx))
+    flat = ex.flatness(ex.long_run(ctx), summary)
+    return [("The ResNet-18 teacher", report.table(ex.teacher_rows(ex.teacher(ctx)), digits=2)),
+            ("ResNet-18 students on Omniglot (section 4, in the text)", report.table(ex.compare_table(summary, flat), digits=2))]
+
+
+def _lifelong_omniglot(ctx) -> list:
+    from .experiments import lifelong_omniglot as ex
+
+    df = ex.run_rows(ctx)
+    return [(f"Retention on Omniglot (section 5.2, in the text): {what} accuracy",
+             report.table(report.compare(ex.compare_rows(df, measure), ex.BAND, digits=1,
+                                         no_verdict=ex.no_verdicts(df, measure)), digits=_POINTS))
+            for measure, what in (("task", "task-aware"), ("class", "class-incremental"))]
+
+
+def _lifelong_cifar100(ctx) -> list:
+    from .experiments import lifelong_cifar as ex
+
+    df = ex.run_rows(ctx)
+    return [(title, report.table(report.compare(ex.compare_rows(df, t), ex.BAND, digits=1,
+                                                no_verdict=ex.no_verdicts(df, t)), digits=_POINTS))
+            for t, title in (("3", "Table 3: incremental CIFAR-100"), ("4", "Table 4: a total budget of 200 images"))]
+
+
+#: chapter -> its comparison tables at a context (``[(title, report.Table or Missing)]``)
+TABLES = {"distortion": _distortion, "distill-mnist": _distill_mnist, "distill-omniglot": _distill_omniglot,
+          "lifelong-omniglot": _lifelong_omniglot, "lifelong-cifar100": _lifelong_cifar100}
+
+
 def chapter_tables(chapter: str) -> list[tuple[str, object]]:
     """``[(title, report.Table or Missing)]``: the chapter's comparison tables at the paper profile
     (each made by ``report.table`` from ``report.compare``, so it has a ``verdict`` column)."""
-    mod = importlib.import_module(I.CHAPTER_MODULES[chapter])
-    fn = getattr(mod, "overview_tables", None)
-    if fn is None:
-        return []
-    ctx = context("paper", device="cpu")
-    return list(fn(ctx))
+    return list(TABLES[chapter](context("paper", device="cpu")))
 
 
 def verdict_counts(tables) -> dict[str, int]:

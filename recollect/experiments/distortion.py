@@ -39,7 +39,7 @@ __all__ = [
     "BAND", "IMAGE_SHAPE", "IMAGE_BITS", "SMOKE_ROWS5", "SMOKE_ROWS6", "AEConfig", "JpegConfig", "BaselineConfig",
     "settings", "table5", "table6", "loss_choice", "jpeg", "baselines",
     "training_curves", "paper_spread", "table5_rows", "table6_rows", "lr_table", "compression_check", "matched_bits",
-    "kmeans_table", "overview_tables", "Bf16Config", "bf16_check", "bf16_text", "BF16_FILTERS",
+    "kmeans_table", "Bf16Config", "bf16_check", "bf16_text", "BF16_FILTERS",
     "budget_search", "vae_param_bits", "best_rows",
 ]
 
@@ -600,21 +600,6 @@ def matched_bits(t5: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
 def kmeans_table(base: pd.DataFrame) -> pd.DataFrame:
     """The k-means rows of :func:`baselines`, with the size of each codebook."""
     return base[base["method"].str.startswith("k-means")].reset_index(drop=True)
-
-
-def overview_tables(ctx) -> list:
-    """The chapter's comparisons with the paper, for the results overview (``recollect.overview``)."""
-    from .. import report
-
-    digits = {"compression": 3, "paper": 5, "ours": 5, "diff": 5}
-    cc = compression_check()
-    cc["verdict"] = np.where(cc["equal"], "agrees", "differs")
-    return [("Table 5: distortion of the categorical autoencoders",
-             report.table(report.compare(table5_rows(table5(ctx)), BAND, digits=3), digits=digits, fold_after=30)),
-            ("Table 6: distortion of the continuous autoencoders",
-             report.table(report.compare(table6_rows(table6(ctx)), BAND, digits=3), digits=digits)),
-            ("Tables 5 and 6: compression (eqs 1-2, exact)",
-             report.table(cc.drop(columns=["equal"]), digits={"paper": 3, "ours": 3}, fold_after=8))]
 
 
 # ------------------------------------------------------------------------------------------------
