@@ -29,6 +29,7 @@ import argparse
 import json
 import pathlib
 import shlex
+import signal
 import sys
 import time
 
@@ -132,6 +133,21 @@ def main(argv=None):
     rows, raw = [], {"device": device_name(dev), "torch": torch.__version__, "command": cmd.strip()}
     variants = [("fp32", None), ("bf16", torch.bfloat16)] if cuda else [("fp32", None)]
 
+    def on_term(signum, frame):  # `timeout` stops it: the workloads timed so far are still written
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    print(f"timing on {raw['device']} (SIGTERM: stop and write the rows timed so far)", flush=True)
+    try:
+        _measure(args, dev, cuda, steps, groups, variants, rows, raw)
+    except SystemExit as e:
+        raw["stopped"] = str(e)
+    finally:
+        _write(rows, raw, args.out)
+    return 0
+
+
+def _measure(args, dev, cuda, steps, groups, variants, rows, raw):
     if cuda:
         raw["equivalence"] = check_equivalence(dev)
         print("loss agreement with eager fp32 (max relative difference over 20 steps):", raw["equivalence"])
@@ -175,18 +191,22 @@ def main(argv=None):
                      f"engine, G={n_students}{', CUDA graph' if cuda else ''}, {vname}", fused * episodes,
                      f"extrapolated from {steps} steps", eager * n_students / fused))
 
+
+
+def _write(rows, raw, out):
     lines = [f"Device: {raw['device']}; torch {raw['torch']}; command: `{raw['command']}`", "",
              "| workload | version | seconds | how measured | speed-up |", "|---|---|---|---|---|"]
     for w, v, s, how, r in rows:
         lines.append(f"| {w} | {v} | {s:,.1f} | {how} | {r:.1f}x |")
+    if raw.get("stopped"):
+        lines += ["", f"Incomplete: {raw['stopped']} after {len(rows)} rows (each row above was timed in full)."]
     table = "\n".join(lines)
-    print(table)
+    print(table, flush=True)
     raw["rows"] = [dict(workload=w, version=v, seconds=s, how=how, speedup=r) for w, v, s, how, r in rows]
-    if args.out:
-        out = pathlib.Path(args.out)
+    if out:
+        out = pathlib.Path(out)
         out.write_text(table + "\n")
         out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

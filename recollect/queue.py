@@ -46,7 +46,7 @@ from .train import probe
 from .utils import device_name
 
 __all__ = ["LayeredStore", "todo", "estimate_seconds", "preflight", "gpu_queue", "pack", "unpack", "compare_numbers",
-           "RATES_FILE", "COUNTS_FILE", "MARGIN"]
+           "RATES_FILE", "COUNTS_FILE", "MARGIN", "engine_vs_eager"]
 
 RATES_FILE = "rates.json"
 COUNTS_FILE = "counts.json"
@@ -225,15 +225,26 @@ def compare_numbers(ours, ref, rtol: float = 0.1, atol: float = 0.05, path: str 
     return out
 
 
-def preflight(candidates: list[I.Item], device, log, smoke_check: bool = True, store=None) -> dict:
+def preflight(candidates: list[I.Item], device, log, smoke_check: bool = True, store=None,
+              compare_eager: bool | None = None) -> dict:
     """Probe every candidate's loops for a few steps on ``device`` (timed per step) and, once per
     smoke twin, check its smoke config on the device against the committed CPU numbers.
 
-    Returns ``{item key: {"probe_config", "loops": {name: stats}, "device", "date", "ok", "error"}}``."""
+    ``compare_eager`` (default: on CUDA) also probes the first candidate of each chapter a second time
+    with every captured step run eagerly (``recollect.train.capture.eager_steps``): the same item at
+    its real fusion size, with and without the engine's CUDA graphs (:func:`engine_vs_eager`).
+
+    Returns ``{item key: {"probe_config", "loops": {name: stats}, "device", "date", "ok", "error"}}``
+    (and ``"eager_loops"`` for the items probed eagerly as well)."""
+    from .train.capture import eager_steps
+
     dev = torch.device(device)
+    if compare_eager is None:
+        compare_eager = dev.type == "cuda"
     out = {}
     checked = {}
     memo: dict = {}
+    eager_done: set = set()
     for it in candidates:
         rec = {"probe_config": R.config_hash(I._as_dict(it.cfg("probe"))), "device": device_name(dev),
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ok": True}
@@ -254,8 +265,42 @@ def preflight(candidates: list[I.Item], device, log, smoke_check: bool = True, s
                 rec["ok"] = False
                 rec["error"] = f"smoke numbers on {rec['device']} differ from the committed CPU numbers"
         log(f"preflight {it.key}: {'ok' if rec['ok'] else 'FAILED: ' + rec.get('error', '')} ({rec['seconds']:.1f} s)")
+        if compare_eager and rec["ok"] and it.chapter not in eager_done:
+            eager_done.add(it.chapter)
+            try:
+                deps = {k: v for k, v in memo.items() if k != it.key}  # its dependencies' probes, not itself
+                with probe.Recorder(sync=dev.type == "cuda") as r, _strict_sync(dev), eager_steps():
+                    I.run_item(it, "probe", dev, store, _memo=deps)
+                rec["eager_loops"] = r.summary()
+                log(f"engine against eager, {it.key}: {engine_vs_eager_text(rec)}")
+            except Exception as e:  # the comparison is a measurement, never a reason to skip the item
+                log(f"engine against eager, {it.key}: not measured ({type(e).__name__}: {e})")
         out[it.key] = rec
     return out
+
+
+def engine_vs_eager(rec: dict) -> dict:
+    """Per loop of a preflight record probed both ways: seconds per step with the engine's captured
+    steps and with the same steps run eagerly, and their ratio (the speed-up of the graphs on the
+    same fused model; the fusion's own gain, many models in one network, comes on top and is
+    ``bench/speed.py``'s)."""
+    out = {}
+    for name, e in (rec.get("eager_loops") or {}).items():
+        c = (rec.get("loops") or {}).get(name)
+        if not c:
+            continue
+        ce, ee = c.get("seconds_per_step"), e.get("seconds_per_step")
+        if ce and ee and math.isfinite(ce) and math.isfinite(ee) and ce > 0:
+            out[name] = {"engine_s": ce, "eager_s": ee, "speedup": ee / ce}
+    return out
+
+
+def engine_vs_eager_text(rec: dict) -> str:
+    cmp = engine_vs_eager(rec)
+    if not cmp:
+        return "no loop timed both ways"
+    return "; ".join(f"{k} {v['eager_s'] * 1e3:.2f} -> {v['engine_s'] * 1e3:.2f} ms per step ({v['speedup']:.1f}x)"
+                     for k, v in sorted(cmp.items()))
 
 
 def _twin(it: I.Item) -> str:
@@ -368,6 +413,13 @@ def unpack(src: pathlib.Path, dest: R.ResultStore | None = None, log=print) -> l
         copied.append(res.item)
         log(f"results/{res.item}: {res.provenance.get('device')} {res.provenance.get('seconds', 0):.0f} s "
             f"{res.provenance.get('date', '')}")
+    qlog = src / "queue-log.json"
+    if qlog.is_file():
+        doc = json.loads(qlog.read_text())
+        for key, rec in sorted((doc.get("preflight") or {}).items()):
+            if rec.get("eager_loops"):
+                log(f"engine against eager on {rec.get('device')} (the README quotes these), {key}: "
+                    f"{engine_vs_eager_text(rec)}")
     return copied
 
 

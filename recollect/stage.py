@@ -41,6 +41,12 @@ STAGE = R.ROOT / ".stage"
 CALL_BUDGET = 540
 #: device seconds a session loses to starting the machine and the transfers (estimate)
 START_COST = 120
+#: the side-by-side speed benchmark (issue 17: the README quotes it), run at the start of the first
+#: call until its table is in the repository, for at most this many seconds of that call's time
+#: (it writes the rows timed so far when its time is up)
+BENCH_SECONDS = 120
+BENCH_RESULTS = R.ROOT / "bench" / "results.md"
+BENCH_COMMAND = "python3 bench/speed.py --steps 100 --out $OUT/bench.md"
 WEBP_METHOD = 4
 
 
@@ -203,10 +209,12 @@ def stage_datasets(names, room: int | None = None, log=print) -> list[list[pathl
     return out
 
 
-def commands(commit: str, calls: list, budgets: list, chapters_of_call: list, stages) -> list[str]:
+def commands(commit: str, calls: list, budgets: list, chapters_of_call: list, stages, bench: int = 0) -> list[str]:
     """The device commands (at most 2,000 characters each): each copies its folder to $HOME/data
     (outside the project copy, so it lasts while the machine is warm), checks it, rebuilds CIFAR-100
-    once both parts are there, and runs the queue for its budget on the chapters whose data are there."""
+    once both parts are there, and runs the queue for its budget on the chapters whose data are there.
+    ``bench`` > 0: the first call runs the speed benchmark for at most that many seconds first
+    (:data:`BENCH_COMMAND`; its failure does not stop the queue)."""
     st = " ".join(stages)
     env = f'export RECOLLECT_DATA="$HOME/data" RECOLLECT_COMMIT={commit} PYTHONUNBUFFERED=1'
     out = []
@@ -218,6 +226,8 @@ def commands(commit: str, calls: list, budgets: list, chapters_of_call: list, st
         q = f"python3 -m recollect gpu-queue --out $OUT --stage {st} --budget {int(budget)}"
         if chapters:
             q += " --chapter " + " ".join(chapters)
+        if bench and i == 1:
+            q = f"(timeout {int(bench)} {BENCH_COMMAND} || true) && {q}"
         out.append(f"{get} && {env} && {q}")
     return out
 
@@ -258,15 +268,24 @@ def main(budget: float = 780, stages=("first",)) -> int:
     for i, (files, chs) in enumerate(zip(calls, chapters_of_call), 1):
         size = sum(p.stat().st_size for p in files) / 2**20
         print(f".stage/{i}: {', '.join(p.name for p in files)} ({size:.1f} MiB); runs: {', '.join(chs) or 'nothing yet'}")
+    bench = 0 if BENCH_RESULTS.exists() else BENCH_SECONDS
+    if bench and budgets:
+        budgets[0] = max(60, budgets[0] - bench)
+        print(f"call 1 first runs the speed benchmark for at most {bench} s ({BENCH_COMMAND}; "
+              f"{BENCH_RESULTS.relative_to(R.ROOT)} does not exist yet)")
     commit = _commit()
-    cmds = commands(commit, calls, budgets, chapters_of_call, stages)
+    cmds = commands(commit, calls, budgets, chapters_of_call, stages, bench=bench)
     print("\nDevice commands (device tool `run`; give each a timeout_s about 60 s above its budget, start each "
           "within 30 s of the previous one's return so the machine stays warm):")
     for i, (c, b) in enumerate(zip(cmds, budgets), 1):
         if len(c) > 2000:
             raise SystemExit(f"command {i} is {len(c)} characters, more than the device tool takes")
-        print(f"\n# call {i}: carry [\".stage/{i}\"], timeout_s {b + 60}\n{c}")
+        print(f"\n# call {i}: carry [\".stage/{i}\"], timeout_s {b + 60 + (bench if i == 1 else 0)}\n{c}")
     print("\nThen, here: python -m recollect unpack <files_at of each call>; commit results/; make paper-book.")
+    if bench:
+        print(f"And copy call 1's bench.md and bench.json to {BENCH_RESULTS.relative_to(R.ROOT)} and "
+              f"{BENCH_RESULTS.with_suffix('.json').relative_to(R.ROOT)}; quote them in the README with unpack's "
+              "engine-against-eager lines.")
     return 0
 
 

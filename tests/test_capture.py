@@ -372,3 +372,19 @@ def test_cuda_loops_graphed_equal_eager():
     assert torch.equal(runs[0].chosen[:, 0], runs[1].chosen[:, 0])  # random draws: identical
     assert (runs[0].chosen == runs[1].chosen).float().mean() > 0.9  # active: ties aside, identical
     torch.testing.assert_close(runs[0].accuracy, runs[1].accuracy, rtol=0, atol=10.0)
+
+
+def test_eager_steps_turns_every_graph_off_while_it_lasts():
+    """The preflight's eager comparison: inside ``eager_steps`` no step is graphed, on any device,
+    and the switch is restored after it (also after an error)."""
+    from recollect.train.capture import eager_steps
+
+    step = CapturedStep(lambda x: x * 2, device="cuda")
+    assert step.graphed()
+    with eager_steps():
+        assert not step.graphed() and not CapturedStep(lambda x: x, device="cuda").graphed()
+    assert step.graphed()
+    with pytest.raises(RuntimeError):
+        with eager_steps():
+            raise RuntimeError("boom")
+    assert step.graphed()

@@ -271,6 +271,12 @@ def test_device_commands_are_short_rerunnable_and_name_no_machine_path():
         assert "/root" not in c and "/work" not in c and "/home" not in c
     assert ["join-data" in c for c in cmds] == [False, False, True]
     assert "--chapter distortion" in cmds[0] and "--chapter" not in cmds[1]
+    assert not any("bench/speed.py" in c for c in cmds)
+    # until bench/results.md exists, the first call runs the benchmark first, bounded, never blocking the queue
+    with_bench = commands("abc123", calls, [200, 200, 200], [["distortion"], [], ["lifelong-cifar100"]], ["first"],
+                          bench=120)
+    assert with_bench[1:] == cmds[1:] and len(with_bench[0]) <= 2000
+    assert "(timeout 120 python3 bench/speed.py --steps 100 --out $OUT/bench.md || true) && python3 -m recollect gpu-queue" in with_bench[0]
 
 
 def test_checkpoint_files_are_the_items_own(tmp_path):
@@ -386,3 +392,50 @@ def test_a_queue_on_a_cpu_estimates_with_the_counting_cpu_s_seconds(tmp, monkeyp
                     checkpoint_root=tmp / "ck")
     line = next(l for l in doc["lines"] if "would run" in l)
     assert f"would run {it.key}: estimate {cpu:.0f} s (seconds per probe step measured on the CPU" in line
+
+
+def test_the_preflight_times_one_item_per_chapter_with_and_without_graphs_and_unpack_shows_it(tmp, monkeypatch):
+    """The engine against eager on a real item at its real fusion size: the first candidate of each
+    chapter is probed twice (captured steps, then every step eager); the ratio per loop is in its
+    record and `unpack` prints it for the README. (On a CPU both runs are eager: the test checks the
+    bookkeeping, a GPU the speed.)"""
+    from recollect.queue import engine_vs_eager, preflight, unpack
+
+    monkeypatch.setenv("RECOLLECT_RESULTS", str(tmp / "results"))
+    monkeypatch.setenv("RECOLLECT_REHEARSAL", "1")  # the probes of the smoke configs: seconds
+    monkeypatch.setenv("RECOLLECT_CACHE", str(tmp / "cache"))
+    items = [I.get_item(k) for k in ITEMS[:2]]
+    lines = []
+    pf = preflight(items, "cpu", lines.append, smoke_check=False, compare_eager=True)
+    first, second = (pf[it.key] for it in items)
+    assert first["ok"] and second["ok"]
+    assert "eager_loops" in first and "eager_loops" not in second  # once per chapter
+    cmp = engine_vs_eager(first)
+    assert set(cmp) == set(first["loops"]) and all(v["speedup"] > 0 and v["eager_s"] > 0 for v in cmp.values())
+    assert any(l.startswith(f"engine against eager, {items[0].key}: ") and "ms per step" in l for l in lines)
+    assert preflight(items[:1], "cpu", lines.append, smoke_check=False)[items[0].key].get("eager_loops") is None
+    (tmp / "back").mkdir()
+    (tmp / "back" / "queue-log.json").write_text(json.dumps({"preflight": pf}, default=str))
+    said = []
+    unpack(tmp / "back", R.ResultStore(tmp / "results"), log=said.append)
+    assert len(said) == 1 and items[0].key in said[0] and "x)" in said[0]
+
+
+def test_the_speed_benchmark_stopped_by_its_time_limit_keeps_the_rows_it_timed(tmp_path):
+    """A GPU session runs bench/speed.py under `timeout`: stopped early it still writes its table,
+    the rows timed so far and a line saying it is incomplete."""
+    out = tmp_path / "bench.md"
+    p = subprocess.Popen([sys.executable, str(ROOT / "bench" / "speed.py"), "--quick", "--out", str(out)],
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    first = p.stdout.readline()  # the handler is in place once it says it is timing
+    assert first.startswith("timing on "), first
+    time.sleep(3)
+    p.send_signal(signal.SIGTERM)
+    log = first + p.communicate(timeout=120)[0]
+    assert p.returncode == 0, log
+    table, raw = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    assert "| workload | version | seconds | how measured | speed-up |" in table
+    assert len(raw["rows"]) == table.count("\n| ") - 1
+    if "stopped" in raw:  # the usual case: it takes longer than three seconds
+        assert f"Incomplete: stopped by signal {signal.SIGTERM.value}" in table

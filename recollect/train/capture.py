@@ -48,7 +48,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import probe
 
-__all__ = ["SyncCounter", "CapturedStep", "backward_step", "autocast", "TrainStep", "STRICT_SYNC"]
+__all__ = ["SyncCounter", "CapturedStep", "eager_steps", "backward_step", "autocast", "TrainStep", "STRICT_SYNC"]
 
 #: set by the GPU queue's preflight (``recollect.queue``): every step on CUDA runs under
 #: ``torch.cuda.set_sync_debug_mode("error")``, so a step that would block the host fails there
@@ -67,6 +67,21 @@ def _strict_sync(device_type: str):
         yield
     finally:
         torch.cuda.set_sync_debug_mode(old)
+
+
+_EAGER = [False]
+
+
+@contextlib.contextmanager
+def eager_steps():
+    """Every :class:`CapturedStep` made or called inside runs eagerly, as with ``cuda_graph=False``:
+    the GPU preflight times one item per chapter this way beside its captured run (the engine's
+    graphs against the same fused step without them, ``recollect.queue.preflight``)."""
+    old, _EAGER[0] = _EAGER[0], True
+    try:
+        yield
+    finally:
+        _EAGER[0] = old
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,9 +300,10 @@ class CapturedStep:
         return self._graph is not None
 
     def graphed(self, device=None) -> bool:
-        """Whether calls on ``device`` (default: the step's device) go through a CUDA graph."""
+        """Whether calls on ``device`` (default: the step's device) go through a CUDA graph (never
+        inside :func:`eager_steps`)."""
         dev = torch.device(device) if device is not None else self.device
-        return self.cuda_graph and dev is not None and dev.type == "cuda"
+        return self.cuda_graph and not _EAGER[0] and dev is not None and dev.type == "cuda"
 
     # ------------------------------------------------------------------ calls
     def _check(self, inputs):
