@@ -104,7 +104,8 @@ class HarnessRun:
         """Whether the run sees the whole stream (the paper profile's data)."""
         return self.tasks is None and self.train_per_task is None and self.test_per_class is None
 
-    # -- what a chapter's run tells the probe and the dry config (hooks) --------------------------
+    # -- what a chapter's run tells the probe and the dry config (hooks; a chapter's run also has the
+    # field ``rows``, the keys of its rows, which :meth:`probe` and :meth:`dry` read) --------------
     def row_configs(self) -> list:
         """(A chapter's run defines it.) A :class:`LifelongConfig` per row of the run."""
         raise NotImplementedError
