@@ -395,10 +395,16 @@ def test_a_queue_on_a_cpu_estimates_with_the_counting_cpu_s_seconds(tmp, monkeyp
 
 
 def test_the_preflight_times_one_item_per_chapter_with_and_without_graphs_and_unpack_shows_it(tmp, monkeypatch):
-    """The engine against eager on a real item at its real fusion size: the first candidate of each
-    chapter is probed twice (captured steps, then every step eager); the ratio per loop is in its
-    record and `unpack` prints it for the README. (On a CPU both runs are eager: the test checks the
-    bookkeeping, a GPU the speed.)"""
+    """The engine against eager on a real item at its real fusion size: one candidate of each chapter
+    (a per-example stream where the chapter has one; else its first) is probed twice (captured steps,
+    then every step eager); the ratio per loop is in its record and `unpack` prints it for the
+    README. (On a CPU both runs are eager: the test checks the bookkeeping, a GPU the speed.)"""
+    from recollect.queue import _eager_picks
+
+    cands = [I.get_item(k) for k in ("distortion/ae-categorical-6-2", "lifelong-cifar100/cifar10-ae",
+                                      "lifelong-cifar100/coarse-fused-s0", "lifelong-cifar100/gemsplit-gem-s0")]
+    assert _eager_picks(cands) == {"distortion": "distortion/ae-categorical-6-2",
+                                   "lifelong-cifar100": "lifelong-cifar100/coarse-fused-s0"}
     from recollect.queue import engine_vs_eager, preflight, unpack
 
     monkeypatch.setenv("RECOLLECT_RESULTS", str(tmp / "results"))
