@@ -21,7 +21,10 @@ Workloads: one CIFAR-100 lifelong stream (50,000 32x32x3 examples, GEM's reduced
 step 1 new example + 10 recollections); one Omniglot lifelong stream (29,214 28x28 examples,
 ResNet-18 over 1,623 classes); one epoch of the Figure 2 sweep (33 architectures x 4 learning
 rates on 50,000 MNIST-sized images, batch 128); the students of one Table 1 column (LeNet, one
-example per update, 100,000 episodes, 5 seeds x 2 learning rates).
+example per update, 100,000 episodes, 5 seeds x 2 learning rates). And the optimizer step alone
+(issue 14): ``GroupedAdam``'s one path (rates in a device tensor) against PyTorch's fused Adam kernel
+called once per run of equal rates, for a Figure 2 autoencoder, the fused ResNet-18 and the students
+(on 5 steps of LeNet students both give the same weights to 1.5e-8, checked on a CPU).
 """
 from __future__ import annotations
 
@@ -39,7 +42,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from recollect import paper  # noqa: E402
-from recollect.grouped import GroupedAdam, GroupedSGD, grouped_cross_entropy, select_group, stack_groups  # noqa: E402
+from recollect.grouped import (GroupedAdam, GroupedSGD, equal_runs, grouped_cross_entropy, select_group,  # noqa: E402
+                               stack_groups)
+from recollect.train.capture import CapturedStep  # noqa: E402
 from recollect.models import CategoricalVAE, ContinuousAE, LeNet, ResNet18  # noqa: E402
 from recollect.train.autoencoder import reconstruction_loss  # noqa: E402
 from recollect.train.fast import TrainStep  # noqa: E402
@@ -95,6 +100,36 @@ def autoencoder_workload(make_model, groups, dev, steps, graph, amp, batch=128):
     def make_batch(i):
         return (torch.randint(0, 256, (groups, batch, 1, 28, 28), dtype=torch.uint8, device=dev, generator=gen),)
     return time_steps(step, make_batch, steps, dev)
+
+
+def adam_workload(make_model, rates, dev, steps, graph, direct):
+    """Seconds per optimizer step alone (fixed gradients) on a fused model of ``len(rates)`` groups:
+    ``GroupedAdam`` as the library runs it on CUDA (the lerp path: four multi-tensor kernels, the
+    rates in a device tensor, so schedules reach a captured graph), or (``direct``) PyTorch's fused
+    Adam kernel once per run of consecutive groups with equal rates, on slices of the fused
+    parameters, each run's rate a host value (baked into a captured graph: no schedule)."""
+    torch.manual_seed(0)
+    params = [p for p in make_model(len(rates)).to(dev).parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    if not direct:
+        opt = GroupedAdam(params, lr=torch.tensor(rates, dtype=torch.float32))
+        opt.cpu_direct = False  # the CUDA arithmetic on any device (the CPU's default is the direct path)
+        fn = opt.step
+    else:
+        ms, vs = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+        counts = [torch.zeros((), dtype=torch.float32, device=dev) for _ in params]
+        views = [(lr, [p[a:e] for p in params], [p.grad[a:e] for p in params], [m[a:e] for m in ms],
+                  [v[a:e] for v in vs]) for a, e, lr in equal_runs(list(rates))]
+
+        @torch.no_grad()
+        def fn():
+            torch._foreach_add_(counts, 1.0)
+            for lr, ps, gs, m, v in views:
+                torch._fused_adam_(ps, gs, m, v, [], counts, lr=lr, beta1=0.9, beta2=0.999, weight_decay=0.0,
+                                   eps=1e-8, amsgrad=False, maximize=False)
+    step = CapturedStep(lambda: fn() and None, cuda_graph=graph, device=dev, name="adam")
+    return time_steps(step, lambda i: (), steps, dev)
 
 
 def check_equivalence(dev, steps=20):
@@ -163,6 +198,32 @@ def _measure(args, dev, cuda, steps, groups, variants, rows, raw):
             rows.append((name, f"engine, G={groups}{', CUDA graph' if cuda else ''}, {vname}", per_run,
                          f"per run; extrapolated from {steps} steps", eager * n / per_run))
 
+    # issue 14: the library's Adam (one path, rates in a device tensor) against PyTorch's fused kernel
+    # called once per run of equal rates, the optimizer step alone
+    for label, make, rates in (
+            ("Figure 2 (209, 8) autoencoder, 4 rates", lambda g: CategoricalVAE(209, 8, groups=g), paper.LR_SWEEP_FIG2),
+            (f"CIFAR-100 ResNet-18, G={groups}, 1 rate", lambda g: ResNet18(100, (3, 32, 32), groups=g), [1e-3] * groups),
+            ("LeNet students, G=10, 2 rates", lambda g: LeNet(10, (1, 28, 28), groups=g), [1e-3] * 5 + [1e-4] * 5)):
+        direct = adam_workload(make, rates, dev, steps, cuda, True)
+        lerp = adam_workload(make, rates, dev, steps, cuda, False)
+        how = f"seconds per 1,000 optimizer steps{', CUDA graph' if cuda else ''}; from {steps} steps"
+        rows.append((f"Adam step alone: {label}", "fused Adam kernel per run of equal rates (host rates)",
+                     direct * 1000, how, 1.0))
+        rows.append((f"Adam step alone: {label}", "GroupedAdam (lerp path, rates in a device tensor)",
+                     lerp * 1000, how, direct / lerp))
+
+    n_students, episodes = 10, 100_000
+    make = lambda g: LeNet(10, (1, 28, 28), groups=g)  # noqa: E731
+    eager = classifier_workload(make, (1, 28, 28), 10, 1, 1, dev, steps, False, None)
+    rows.append(("Table 1 column: 10 LeNet students x 100,000 episodes", "eager, 1 student at a time, fp32",
+                 eager * episodes * n_students, f"extrapolated from {steps} steps", 1.0))
+    for vname, amp in variants:
+        fused = classifier_workload(make, (1, 28, 28), 10, 1, n_students, dev, steps, cuda, amp)
+        rows.append(("Table 1 column: 10 LeNet students x 100,000 episodes",
+                     f"engine, G={n_students}{', CUDA graph' if cuda else ''}, {vname}", fused * episodes,
+                     f"extrapolated from {steps} steps", eager * n_students / fused))
+
+    # the Figure 2 sweep last: the longest to time (the rows above come back even if it is cut short)
     archs = fig2_architectures()
     if args.quick:
         archs = [a for a in archs if (a[0] == "cat" and a[1] * a[2] <= 40) or (a[0] == "cont" and a[1] <= 2)]
@@ -179,17 +240,6 @@ def _measure(args, dev, cuda, steps, groups, variants, rows, raw):
     for vname, _ in variants:
         rows.append((label, f"engine, 4 lrs fused{', CUDA graph' if cuda else ''}, {vname}", tot[vname],
                      f"extrapolated from {ae_steps} batches per architecture", tot["eager"] / tot[vname]))
-
-    n_students, episodes = 10, 100_000
-    make = lambda g: LeNet(10, (1, 28, 28), groups=g)  # noqa: E731
-    eager = classifier_workload(make, (1, 28, 28), 10, 1, 1, dev, steps, False, None)
-    rows.append(("Table 1 column: 10 LeNet students x 100,000 episodes", "eager, 1 student at a time, fp32",
-                 eager * episodes * n_students, f"extrapolated from {steps} steps", 1.0))
-    for vname, amp in variants:
-        fused = classifier_workload(make, (1, 28, 28), 10, 1, n_students, dev, steps, cuda, amp)
-        rows.append(("Table 1 column: 10 LeNet students x 100,000 episodes",
-                     f"engine, G={n_students}{', CUDA graph' if cuda else ''}, {vname}", fused * episodes,
-                     f"extrapolated from {steps} steps", eager * n_students / fused))
 
 
 
