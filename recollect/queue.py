@@ -10,7 +10,8 @@ that is given back after 30 s idle), so the queue
 2. runs a **preflight** once per lease: every loop of every candidate for a few steps at the
    paper's shapes (the item's probe config), timed per step on the device, which turns the plan's
    counted estimates into measured ones (``rates.json``); and each candidate's code path at its smoke
-   config on the device, compared with the committed CPU numbers (``results/smoke``);
+   config on the device, compared with the committed CPU numbers (``results/smoke``): a failed run
+   or a payload of another kind stops the item, numbers that moved are logged (:func:`_smoke_check`);
 3. runs items in order, never starting one whose estimate (measured where possible, with a margin)
    does not fit the time left, and writes each result the moment it finishes, packed into
    ``OUT/results-N.tar`` (the device tool brings back at most 8 files, 64 MiB together; the loose
@@ -201,27 +202,45 @@ def cpu_seconds(item: I.Item, counts: dict | None = None) -> float | None:
 def compare_numbers(ours, ref, rtol: float = 0.1, atol: float = 0.05, path: str = "") -> list[str]:
     """Where two JSON payload bodies differ beyond ``atol + rtol * |ref|`` (numbers) or at all (the
     rest); a list of paths with the two values, empty when they agree."""
+    return [msg for _, msg in _differences(ours, ref, rtol, atol, path)]
+
+
+#: a JSON body's encodings of non-finite numbers (``recollect.results.encode``)
+_NONFINITE = ("NaN", "Infinity", "-Infinity")
+
+
+def _differences(ours, ref, rtol: float, atol: float, path: str) -> list[tuple[str, str]]:
+    """:func:`compare_numbers` with each difference's kind: ``number`` (both finite numbers, beyond
+    the tolerance), ``nonfinite`` (ours is NaN or infinite where the reference is a number) or
+    ``structure`` (a missing key, another length, another string or type)."""
     out = []
     if isinstance(ref, dict) and isinstance(ours, dict):
         for k in ref:
             if k not in ours:
-                out.append(f"{path}/{k}: missing")
+                out.append(("structure", f"{path}/{k}: missing"))
             else:
-                out += compare_numbers(ours[k], ref[k], rtol, atol, f"{path}/{k}")
+                out += _differences(ours[k], ref[k], rtol, atol, f"{path}/{k}")
         return out
     if isinstance(ref, list) and isinstance(ours, list):
         if len(ref) != len(ours):
-            return [f"{path}: {len(ours)} entries against {len(ref)}"]
+            return [("structure", f"{path}: {len(ours)} entries against {len(ref)}")]
         for i, (a, b) in enumerate(zip(ours, ref)):
-            out += compare_numbers(a, b, rtol, atol, f"{path}/{i}")
+            out += _differences(a, b, rtol, atol, f"{path}/{i}")
         return out
     num = (int, float)
-    if isinstance(ref, num) and isinstance(ours, num) and not isinstance(ref, bool):
-        if abs(float(ours) - float(ref)) > atol + rtol * abs(float(ref)):
-            out.append(f"{path}: {ours!r} against {ref!r}")
-        return out
-    if ours != ref and not (isinstance(ref, str) and ref in ("NaN",) and ours == "NaN"):
-        out.append(f"{path}: {ours!r} against {ref!r}")
+    if isinstance(ref, num) and not isinstance(ref, bool):
+        if isinstance(ours, num) and not isinstance(ours, bool):
+            if not math.isfinite(float(ours)):
+                out.append(("nonfinite", f"{path}: {ours!r} against {ref!r}"))
+            elif abs(float(ours) - float(ref)) > atol + rtol * abs(float(ref)):
+                out.append(("number", f"{path}: {ours!r} against {ref!r}"))
+            return out
+        if ours in _NONFINITE:
+            return [("nonfinite", f"{path}: {ours!r} against {ref!r}")]
+    if ref in _NONFINITE and isinstance(ours, (int, float)) and not isinstance(ours, bool):
+        return [("number", f"{path}: {ours!r} against {ref!r}")]  # finite where the CPU's was not: a value
+    if ours != ref:
+        out.append(("structure", f"{path}: {ours!r} against {ref!r}"))
     return out
 
 
@@ -260,10 +279,16 @@ def preflight(candidates: list[I.Item], device, log, smoke_check: bool = True, s
             twin = I.get_item(_twin(it))
             if twin.key not in checked:
                 checked[twin.key] = _smoke_check(twin, dev)
+                sc = checked[twin.key]
+                if sc["numbers"]:
+                    log(f"note: {twin.key} at smoke on {rec['device']}: {sc['numbers']} numbers beyond the tolerance "
+                        f"(e.g. {sc['differences'][0]}): expected where the device draws other random numbers "
+                        "(see _smoke_check); not a reason to skip")
             rec["smoke_check"] = checked[twin.key]
-            if checked[twin.key]["differences"]:
+            if checked[twin.key]["blocking"]:
                 rec["ok"] = False
-                rec["error"] = f"smoke numbers on {rec['device']} differ from the committed CPU numbers"
+                rec["error"] = (f"the smoke run on {rec['device']} failed or differs from the committed CPU run in "
+                                f"kind, not only in value: {checked[twin.key]['blocking'][0]}")
         log(f"preflight {it.key}: {'ok' if rec['ok'] else 'FAILED: ' + rec.get('error', '')} ({rec['seconds']:.1f} s)")
         if eager_of.get(it.chapter) == it.key and rec["ok"]:
             try:
@@ -328,12 +353,30 @@ def _twin(it: I.Item) -> str:
 
 
 def _smoke_check(item: I.Item, dev) -> dict:
+    """The item's smoke config run on ``dev`` against the committed CPU run (``results/smoke``).
+
+    What stops the item (``blocking``): the run fails, or its payload differs in kind (a key, a
+    length, a string, a type) or holds a NaN or infinity where the CPU run has a number. Numbers
+    beyond :func:`compare_numbers`' tolerance are counted (``numbers``) and logged, not blocking: a
+    GPU draws other random numbers than the CPU for what is sampled on the device (the Gumbel noise
+    of the autoencoders, without an explicit CPU generator there), and at smoke sizes the students'
+    accuracies move by whole test images with them. Measured on the CPU (portable arithmetic) with
+    only the device noise drawn from another generator, as on a GPU: beyond the tolerance were 5 of
+    the 40 accuracies of the MNIST LeNet students, 1 of 24 of the MLP students, 4 of 28 in each of
+    the two Omniglot student items (which the old rule, any number beyond it, would have skipped on a
+    GPU); every other item within it (the lifelong items keep their accuracies in arrays, which this
+    check does not compare)."""
     ref = I.smoke_record(item)
     if ref is None:
-        return {"differences": ["no committed smoke record"]}
-    res = I.run_item(item, "smoke", dev, None)
-    diffs = compare_numbers(R.encode(res.payload, {}), ref["payload"])
-    return {"differences": diffs[:20], "count": len(diffs)}
+        return {"blocking": ["no committed smoke record"], "numbers": 0, "differences": []}
+    try:
+        res = I.run_item(item, "smoke", dev, None)
+    except Exception as e:
+        return {"blocking": [f"the smoke run failed: {type(e).__name__}: {e}"], "numbers": 0, "differences": []}
+    diffs = _differences(R.encode(res.payload, {}), ref["payload"], 0.1, 0.05, "")
+    blocking = [m for k, m in diffs if k != "number"]
+    numbers = [m for k, m in diffs if k == "number"]
+    return {"blocking": blocking[:20], "numbers": len(numbers), "differences": numbers[:20], "count": len(diffs)}
 
 
 class _strict_sync:

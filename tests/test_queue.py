@@ -205,6 +205,54 @@ def test_compare_numbers_tolerates_small_and_reports_large_differences():
     assert len(diffs) == 2 and "/a/1" in diffs[0] and "/b/d" in diffs[1]
 
 
+def test_smoke_differences_are_told_apart_by_kind():
+    """Numbers beyond the tolerance are values; NaN where the CPU had a number, a missing key,
+    another length or string are differences in kind (the preflight stops an item only for these)."""
+    from recollect.queue import _differences
+
+    ref = {"a": [1.0, 2.0], "b": {"c": 10.0, "d": "x"}, "e": [1, 2], "f": "NaN"}
+    kinds = lambda ours: sorted(k for k, _ in _differences(ours, ref, 0.1, 0.05, ""))  # noqa: E731
+    assert kinds({"a": [1.01, 2.0], "b": {"c": 10.2, "d": "x"}, "e": [1, 2], "f": "NaN"}) == []
+    assert kinds({"a": [1.0, 3.0], "b": {"c": 10.0, "d": "x"}, "e": [1, 2], "f": 0.5}) == ["number", "number"]
+    assert kinds({"a": [1.0, "NaN"], "b": {"c": float("inf"), "d": "x"}, "e": [1, 2], "f": "NaN"}) == \
+        ["nonfinite", "nonfinite"]
+    assert kinds({"a": [1.0], "b": {"d": "y"}, "e": [1, "2"], "f": "NaN"}) == ["structure"] * 4
+
+
+def test_the_preflight_stops_an_item_for_a_smoke_run_that_differs_in_kind_not_in_value(tmp, monkeypatch):
+    """A GPU draws other random numbers than the CPU, so smoke numbers may move; only a failed run,
+    a NaN or another structure stops the item."""
+    import copy
+
+    from recollect.queue import preflight
+
+    monkeypatch.setenv("RECOLLECT_RESULTS", str(tmp / "results"))
+    monkeypatch.setenv("RECOLLECT_REHEARSAL", "1")
+    monkeypatch.setenv("RECOLLECT_CACHE", str(tmp / "cache"))
+    it = I.get_item(ITEMS[0])
+    real = I.smoke_record(it)
+
+    def shifted(item):
+        rec = copy.deepcopy(real)
+        rec["payload"]["distortion"] = [v * 2 + 1 for v in rec["payload"]["distortion"]]
+        return rec
+
+    lines = []
+    monkeypatch.setattr(I, "smoke_record", shifted)
+    rec = preflight([it], "cpu", lines.append)[it.key]
+    assert rec["ok"] and rec["smoke_check"]["numbers"] >= 4 and not rec["smoke_check"]["blocking"]
+    assert any(l.startswith(f"note: {it.key} at smoke on ") and "not a reason to skip" in l for l in lines)
+
+    def another_kind(item):
+        rec = copy.deepcopy(real)
+        rec["payload"]["distortion"] = rec["payload"]["distortion"][:-1]
+        return rec
+
+    monkeypatch.setattr(I, "smoke_record", another_kind)
+    rec = preflight([it], "cpu", lines.append)[it.key]
+    assert not rec["ok"] and "differs from the committed CPU run in kind" in rec["error"] and "entries against" in rec["error"]
+
+
 def test_pack_splits_into_files_under_the_limit(tmp_path, monkeypatch):
     import recollect.queue as Q
 
