@@ -7,11 +7,13 @@ that is given back after 30 s idle), so the queue
 
 1. picks the items to consider: paper profile, not current in ``results/`` (missing or stale),
    filtered by stage / chapter / name, in priority order with dependencies first;
-2. runs a **preflight** once per lease: every loop of every candidate for a few steps at the
-   paper's shapes (the item's probe config), timed per step on the device, which turns the plan's
-   counted estimates into measured ones (``rates.json``); and each candidate's code path at its smoke
-   config on the device, compared with the committed CPU numbers (``results/smoke``): a failed run
-   or a payload of another kind stops the item, numbers that moved are logged (:func:`_smoke_check`);
+2. runs a **preflight** of each item just before deciding on it (:class:`Preflight`; only for an
+   item that could fit at :data:`PROBE_FLOOR` of its estimate; once per session: the machine-local
+   records serve the session's next commands): every loop of the item for a few steps at the
+   paper's shapes (its probe config), timed per step on the device, which turns the plan's counted
+   estimate into a measured one (``rates.json``); and its code path at its smoke config on the
+   device, compared with the committed CPU numbers (``results/smoke``): a failed run or a payload of
+   another kind stops the item, numbers that moved are logged (:func:`_smoke_check`);
 3. runs items in order, never starting one whose estimate (measured where possible, with a margin)
    does not fit the time left, and writes each result the moment it finishes, packed into
    ``OUT/results-N.tar`` (the device tool brings back at most 8 files, 64 MiB together; the loose
@@ -41,12 +43,12 @@ import traceback
 import torch
 
 from . import results as R
-from .cache import checkpoints_dir, session_results_dir
+from .cache import cache_dir, checkpoints_dir, session_results_dir
 from .experiments import items as I
 from .train import probe
 from .utils import device_name
 
-__all__ = ["LayeredStore", "todo", "estimate_seconds", "preflight", "gpu_queue", "pack", "unpack", "compare_numbers",
+__all__ = ["LayeredStore", "todo", "estimate_seconds", "Preflight", "preflight", "measured_rates", "gpu_queue", "pack", "unpack", "compare_numbers",
            "RATES_FILE", "COUNTS_FILE", "MARGIN", "engine_vs_eager"]
 
 RATES_FILE = "rates.json"
@@ -57,6 +59,11 @@ SLACK = 10.0
 #: a resumable item that cannot finish is still started when this many seconds are left: it saves a
 #: checkpoint at its deadline and the session's next command continues it
 RESUMABLE_MIN = 90.0
+#: the queue probes an item (its preflight) only if it would fit at this fraction of its estimate
+#: before the probe (the probe's measured rate then decides); the rest are skipped unprobed
+PROBE_FLOOR = 0.5
+#: the machine-local preflight records of the session's commands (``recollect.cache``)
+PREFLIGHT_CACHE = "preflight.json"
 PACK_LIMIT = 15 * 2**20
 #: packs one command may bring back: 64 MiB come back together, with the queue's log and rates beside them
 MAX_PACKS = 4
@@ -244,63 +251,114 @@ def _differences(ours, ref, rtol: float, atol: float, path: str) -> list[tuple[s
     return out
 
 
-def preflight(candidates: list[I.Item], device, log, smoke_check: bool = True, store=None,
-              compare_eager: bool | None = None) -> dict:
-    """Probe every candidate's loops for a few steps on ``device`` (timed per step) and, once per
-    smoke twin, check its smoke config on the device against the committed CPU numbers.
+class Preflight:
+    """One command's preflight, item by item: :meth:`run` probes an item's loops for a few steps on
+    ``device`` at the paper's shapes (its probe config; timed per step) and, once per smoke twin,
+    checks the twin's smoke config on the device against the committed CPU run (:func:`_smoke_check`).
 
-    ``compare_eager`` (default: on CUDA) also probes one candidate of each chapter (:func:`_eager_picks`:
-    a per-example stream where there is one) a second time with every captured step run eagerly (``recollect.train.capture.eager_steps``): the same item at
-    its real fusion size, with and without the engine's CUDA graphs (:func:`engine_vs_eager`).
+    The queue calls :meth:`run` just before it decides on an item, so a command spends its probes on
+    the items it may make, not on the whole list. ``cache`` (a machine-local JSON file) keeps every
+    record with the library's source hash: the session's next command (same machine, still warm)
+    reuses the probes and smoke checks of the earlier ones instead of repeating them.
 
-    Returns ``{item key: {"probe_config", "loops": {name: stats}, "device", "date", "ok", "error"}}``
-    (and ``"eager_loops"`` for the items probed eagerly as well)."""
-    from .train.capture import eager_steps
+    ``compare_eager`` (default: on CUDA) also probes one candidate of each chapter
+    (:func:`_eager_picks`: a per-example stream where there is one) a second time with every captured
+    step run eagerly (``recollect.train.capture.eager_steps``): the same item at its real fusion
+    size, with and without the engine's CUDA graphs (:func:`engine_vs_eager`).
 
-    dev = torch.device(device)
-    if compare_eager is None:
-        compare_eager = dev.type == "cuda"
-    out = {}
-    checked = {}
-    memo: dict = {}
-    eager_of = _eager_picks(candidates) if compare_eager else {}
-    for it in candidates:
-        rec = {"probe_config": R.config_hash(I._as_dict(it.cfg("probe"))), "device": device_name(dev),
+    A record: ``{"probe_config", "loops": {name: stats}, "device", "date", "ok", "error",
+    "smoke_check", "seconds"}`` (and ``"eager_loops"`` for the item probed eagerly as well)."""
+
+    def __init__(self, candidates, device, log, smoke_check: bool = True, store=None,
+                 compare_eager: bool | None = None, cache: pathlib.Path | None = None):
+        self.dev = torch.device(device)
+        self.log, self.smoke_check, self.store = log, smoke_check, store
+        if compare_eager is None:
+            compare_eager = self.dev.type == "cuda"
+        self.eager_of = _eager_picks(candidates) if compare_eager else {}
+        self.memo: dict = {}
+        self.cache_path = None if cache is None else pathlib.Path(cache)
+        self.code = R.code_hash()
+        doc = {}
+        if self.cache_path is not None and self.cache_path.exists():
+            try:
+                doc = json.loads(self.cache_path.read_text())
+            except ValueError:
+                doc = {}
+        same = doc.get("code") == self.code and doc.get("device") == device_name(self.dev)
+        self.records: dict = dict(doc.get("items", {})) if same else {}
+        self.checked: dict = dict(doc.get("smoke", {})) if same else {}
+
+    def _save(self):
+        if self.cache_path is None:
+            return
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"code": self.code, "device": device_name(self.dev), "items": self.records, "smoke": self.checked}
+        R.atomic_write(self.cache_path, (json.dumps(doc, default=str) + "\n").encode())
+
+    def run(self, it: I.Item) -> dict:
+        from .train.capture import eager_steps
+
+        dev, log = self.dev, self.log
+        probe_hash = R.config_hash(I._as_dict(it.cfg("probe")))
+        old = self.records.get(it.key)
+        if old is not None and old.get("probe_config") == probe_hash:
+            log(f"preflight {it.key}: {'ok' if old['ok'] else 'FAILED: ' + old.get('error', '')} "
+                "(measured by an earlier command of this session)")
+            return old
+        rec = {"probe_config": probe_hash, "device": device_name(dev),
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ok": True}
         t0 = time.perf_counter()
         try:
             with probe.Recorder(sync=dev.type == "cuda") as r, _strict_sync(dev):
-                I.run_item(it, "probe", dev, store, _memo=memo)
+                I.run_item(it, "probe", dev, self.store, _memo=self.memo)
             rec["loops"] = r.summary()
         except Exception as e:  # an item whose probe fails is not run: say why
             rec.update(ok=False, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
         rec["seconds"] = round(time.perf_counter() - t0, 2)
-        if smoke_check and rec["ok"]:
+        if self.smoke_check and rec["ok"]:
             twin = I.get_item(_twin(it))
-            if twin.key not in checked:
-                checked[twin.key] = _smoke_check(twin, dev)
-                sc = checked[twin.key]
+            if twin.key not in self.checked:
+                t1 = time.perf_counter()
+                sc = self.checked[twin.key] = _smoke_check(twin, dev)
+                sc["seconds"] = round(time.perf_counter() - t1, 2)
                 if sc["numbers"]:
                     log(f"note: {twin.key} at smoke on {rec['device']}: {sc['numbers']} numbers beyond the tolerance "
                         f"(e.g. {sc['differences'][0]}): expected where the device draws other random numbers "
                         "(see _smoke_check); not a reason to skip")
-            rec["smoke_check"] = checked[twin.key]
-            if checked[twin.key]["blocking"]:
+            rec["smoke_check"] = self.checked[twin.key]
+            if self.checked[twin.key]["blocking"]:
                 rec["ok"] = False
                 rec["error"] = (f"the smoke run on {rec['device']} failed or differs from the committed CPU run in "
-                                f"kind, not only in value: {checked[twin.key]['blocking'][0]}")
-        log(f"preflight {it.key}: {'ok' if rec['ok'] else 'FAILED: ' + rec.get('error', '')} ({rec['seconds']:.1f} s)")
-        if eager_of.get(it.chapter) == it.key and rec["ok"]:
+                                f"kind, not only in value: {self.checked[twin.key]['blocking'][0]}")
+        log(f"preflight {it.key}: {'ok' if rec['ok'] else 'FAILED: ' + rec.get('error', '')} ({rec['seconds']:.1f} s"
+            + (f", smoke run {rec['smoke_check']['seconds']:.1f} s" if rec.get("smoke_check", {}).get("seconds") else "")
+            + ")")
+        if self.eager_of.get(it.chapter) == it.key and rec["ok"]:
             try:
-                deps = {k: v for k, v in memo.items() if k != it.key}  # its dependencies' probes, not itself
+                deps = {k: v for k, v in self.memo.items() if k != it.key}  # its dependencies' probes, not itself
                 with probe.Recorder(sync=dev.type == "cuda") as r, _strict_sync(dev), eager_steps():
-                    I.run_item(it, "probe", dev, store, _memo=deps)
+                    I.run_item(it, "probe", dev, self.store, _memo=deps)
                 rec["eager_loops"] = r.summary()
                 log(f"engine against eager, {it.key}: {engine_vs_eager_text(rec)}")
             except Exception as e:  # the comparison is a measurement, never a reason to skip the item
                 log(f"engine against eager, {it.key}: not measured ({type(e).__name__}: {e})")
-        out[it.key] = rec
-    return out
+        self.records[it.key] = rec
+        self._save()
+        return rec
+
+
+def preflight(candidates: list[I.Item], device, log, smoke_check: bool = True, store=None,
+              compare_eager: bool | None = None, cache: pathlib.Path | None = None) -> dict:
+    """:class:`Preflight` of every candidate, in order: ``{item key: record}``."""
+    pre = Preflight(candidates, device, log, smoke_check, store, compare_eager, cache)
+    return {it.key: pre.run(it) for it in candidates}
+
+
+def measured_rates(pf: dict) -> dict:
+    """The records of ``pf`` (item key -> preflight record) as ``rates.json`` keeps them."""
+    return {k: {"probe_config": v["probe_config"], "loops": v["loops"], "device": v["device"], "date": v["date"]}
+            for k, v in pf.items() if v.get("ok") and v.get("loops")}
 
 
 #: loops of the per-example streams (one captured step per incoming example or student update): the
@@ -441,7 +499,8 @@ def pack(src: pathlib.Path, out: pathlib.Path) -> list[pathlib.Path]:
 def unpack(src: pathlib.Path, dest: R.ResultStore | None = None, log=print) -> list[str]:
     """Copy the results a GPU session brought back (``results-N.tar`` files or a ``results/`` folder
     under ``src``) into ``dest`` (the repository's ``results/``), after checking that each is a
-    current paper result of a known item with the current config. Returns the items copied."""
+    current paper result of a known item with the current config; merge the preflight's measured
+    rates (``rates.json``) into ``dest``'s, item by item. Returns the items copied."""
     dest = dest or R.ResultStore()
     src = pathlib.Path(src)
     found = {}
@@ -474,6 +533,11 @@ def unpack(src: pathlib.Path, dest: R.ResultStore | None = None, log=print) -> l
         copied.append(res.item)
         log(f"results/{res.item}: {res.provenance.get('device')} {res.provenance.get('seconds', 0):.0f} s "
             f"{res.provenance.get('date', '')}")
+    got = src / RATES_FILE
+    if got.is_file():  # the preflight's measured rates: merged, so every command's items keep theirs
+        merged = {**_load_json(dest.root / RATES_FILE), **_load_json(got)}
+        R.atomic_write(dest.root / RATES_FILE, (json.dumps(R.encode(merged, {}), indent=1) + "\n").encode())
+        log(f"{RATES_FILE}: {len(_load_json(got))} measured items merged into {len(merged)}")
     qlog = src / "queue-log.json"
     if qlog.is_file():
         doc = json.loads(qlog.read_text())
@@ -534,28 +598,43 @@ def gpu_queue(budget: float, out: str | os.PathLike, *, stages=("first",), chapt
         log(f"{len(cands)} items to make: {', '.join(it.key for it in cands) or 'none'}")
         rates = _load_json(R.results_dir() / RATES_FILE)
         counts = _load_json(R.results_dir() / COUNTS_FILE)
-        if do_preflight and cands:
-            pf = preflight(cands, dev, log, store=store)
-            log_doc["preflight"] = pf
-            measured = {k: {"probe_config": v["probe_config"], "loops": v["loops"], "device": v["device"],
-                            "date": v["date"]} for k, v in pf.items() if v.get("ok") and v.get("loops")}
-            R.atomic_write(out / RATES_FILE, (json.dumps(R.encode(measured, {}), indent=1) + "\n").encode())
-            rates = {**rates, **measured}
-            bad = {k for k, v in pf.items() if not v.get("ok")}
-            cands = [it for it in cands if it.key not in bad]
-            log_doc["skipped"] += [{"item": k, "why": pf[k].get("error", "")} for k in sorted(bad)]
-        for it in cands:
-            left = deadline - time.monotonic()
+        pre = Preflight(cands, dev, log, store=store, cache=cache_dir() / PREFLIGHT_CACHE) \
+            if do_preflight and cands else None
+
+        def estimate(it):
             est, how = estimate_seconds(it, rates, counts)
             if dev.type == "cpu":
                 # a queue on a CPU: the counting CPU's measured seconds per probe step, not H200 seconds
                 cpu = cpu_seconds(it, counts)
                 if cpu is not None:
                     est, how = cpu, "seconds per probe step measured on the CPU that counted it"
+            return est, how
+
+        for it in cands:
+            left = deadline - time.monotonic()
+            est, how = estimate(it)
             if any(_state(I.get_item(d), store) != "done" for d in I._dep_keys(it)):
                 log_doc["skipped"].append({"item": it.key, "why": "a dependency is not done"})
                 log(f"skip {it.key}: a dependency is not done")
                 continue
+            resumable_start = it.resumable and left > RESUMABLE_MIN
+            if pre is not None:
+                # probe just in time, and only an item that could fit at PROBE_FLOOR of its estimate
+                if est is not None and est * PROBE_FLOOR * MARGIN + SLACK > left and not resumable_start:
+                    why = (f"estimate {est:.0f} s ({how}): it would not fit the {left:.0f} s left even at "
+                           f"{PROBE_FLOOR:g} of it; not probed")
+                    log_doc["skipped"].append({"item": it.key, "why": why})
+                    log(f"skip {it.key}: {why}")
+                    continue
+                rec = log_doc["preflight"][it.key] = pre.run(it)
+                if not rec.get("ok"):
+                    log_doc["skipped"].append({"item": it.key, "why": rec.get("error", "")})
+                    continue
+                measured = measured_rates(log_doc["preflight"])
+                R.atomic_write(out / RATES_FILE, (json.dumps(R.encode(measured, {}), indent=1) + "\n").encode())
+                rates = {**rates, **measured}
+                left = deadline - time.monotonic()
+                est, how = estimate(it)
             partial = False
             if est is None or est * MARGIN + SLACK > left:
                 if it.resumable and est is not None and left > RESUMABLE_MIN:

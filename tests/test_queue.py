@@ -470,9 +470,16 @@ def test_the_preflight_times_one_item_per_chapter_with_and_without_graphs_and_un
     assert preflight(items[:1], "cpu", lines.append, smoke_check=False)[items[0].key].get("eager_loops") is None
     (tmp / "back").mkdir()
     (tmp / "back" / "queue-log.json").write_text(json.dumps({"preflight": pf}, default=str))
+    # the rates of this command merge into those of the repository, item by item
+    from recollect.queue import RATES_FILE, _load_json, measured_rates
+
+    (tmp / "back" / RATES_FILE).write_text(json.dumps(R.encode(measured_rates({items[0].key: first}), {})))
+    (tmp / "results" / RATES_FILE).write_text(json.dumps(R.encode(measured_rates({items[1].key: second}), {})))
     said = []
     unpack(tmp / "back", R.ResultStore(tmp / "results"), log=said.append)
-    assert len(said) == 1 and items[0].key in said[0] and "x)" in said[0]
+    assert set(_load_json(tmp / "results" / RATES_FILE)) == {items[0].key, items[1].key}
+    eager = [l for l in said if "engine against eager" in l]
+    assert len(eager) == 1 and items[0].key in eager[0] and "x)" in eager[0]
 
 
 def test_the_speed_benchmark_stopped_by_its_time_limit_keeps_the_rows_it_timed(tmp_path):
@@ -493,3 +500,33 @@ def test_the_speed_benchmark_stopped_by_its_time_limit_keeps_the_rows_it_timed(t
     assert len(raw["rows"]) == table.count("\n| ") - 1
     if "stopped" in raw:  # the usual case: it takes longer than three seconds
         assert f"Incomplete: stopped by signal {signal.SIGTERM.value}" in table
+
+
+def test_a_session_s_next_command_reuses_the_preflight_and_probes_just_in_time(tmp, monkeypatch):
+    """The preflight runs item by item, just before the queue decides on each, and only for an item
+    that could fit; the session's next command (same machine) reuses the records instead of probing
+    again (the GPU minutes go to the items)."""
+    from recollect import queue as Q
+
+    monkeypatch.setenv("RECOLLECT_RESULTS", str(tmp / "results"))
+    monkeypatch.setenv("RECOLLECT_REHEARSAL", "1")
+    monkeypatch.setenv("RECOLLECT_CACHE", str(tmp / "cache"))
+    items = [I.get_item(k) for k in ITEMS[:2]]
+    cache = tmp / "cache" / Q.PREFLIGHT_CACHE
+    first = Q.preflight(items, "cpu", print, cache=cache)
+    assert all(r["ok"] for r in first.values()) and cache.exists()
+
+    def no_run(*a, **k):
+        raise AssertionError("probed again")
+
+    monkeypatch.setattr(I, "run_item", no_run)
+    lines = []
+    again = Q.preflight(items, "cpu", lines.append, cache=cache)
+    assert {k: (r["ok"], r["probe_config"], r["loops"].keys()) for k, r in again.items()} == \
+        {k: (r["ok"], r["probe_config"], r["loops"].keys()) for k, r in first.items()}
+    assert all("measured by an earlier command of this session" in l for l in lines if l.startswith("preflight"))
+    # the queue: an item that would not fit even at PROBE_FLOOR of its estimate is skipped unprobed
+    monkeypatch.setattr(Q, "cpu_seconds", lambda it, counts=None: 10_000.0)
+    cache.unlink()
+    doc = Q.gpu_queue(60, tmp / "out", names=[items[0].key], device="cpu", checkpoint_root=tmp / "ck")
+    assert not doc["preflight"] and "not probed" in doc["skipped"][0]["why"]
