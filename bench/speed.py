@@ -202,7 +202,8 @@ def _measure(args, dev, cuda, steps, groups, variants, rows, raw):
     # called once per run of equal rates, the optimizer step alone
     for label, make, rates in (
             ("Figure 2 (209, 8) autoencoder, 4 rates", lambda g: CategoricalVAE(209, 8, groups=g), paper.LR_SWEEP_FIG2),
-            (f"CIFAR-100 ResNet-18, G={groups}, 1 rate", lambda g: ResNet18(100, (3, 32, 32), groups=g), [1e-3] * groups),
+            (f"CIFAR-100 ResNet-18, G={groups}, 1 rate", lambda g: ResNet18(100, (3, 32, 32), groups=g),
+             [1e-3] * groups),
             ("LeNet students, G=10, 2 rates", lambda g: LeNet(10, (1, 28, 28), groups=g), [1e-3] * 5 + [1e-4] * 5)):
         direct = adam_workload(make, rates, dev, steps, cuda, True)
         lerp = adam_workload(make, rates, dev, steps, cuda, False)

@@ -48,8 +48,8 @@ from .experiments import items as I
 from .train import probe
 from .utils import device_name
 
-__all__ = ["LayeredStore", "todo", "estimate_seconds", "Preflight", "preflight", "measured_rates", "gpu_queue", "pack", "unpack", "compare_numbers",
-           "RATES_FILE", "COUNTS_FILE", "MARGIN", "engine_vs_eager"]
+__all__ = ["LayeredStore", "todo", "estimate_seconds", "Preflight", "preflight", "measured_rates", "gpu_queue", "pack",
+           "unpack", "compare_numbers", "RATES_FILE", "COUNTS_FILE", "MARGIN", "engine_vs_eager"]
 
 RATES_FILE = "rates.json"
 COUNTS_FILE = "counts.json"
