@@ -11,9 +11,9 @@ that is given back after 30 s idle), so the queue
    item that could fit at :data:`PROBE_FLOOR` of its estimate; once per session: the machine-local
    records serve the session's next commands): every loop of the item for a few steps at the
    paper's shapes (its probe config), timed per step on the device, which turns the plan's counted
-   estimate into a measured one (``rates.json``); and its code path at its smoke config on the
-   device, compared with the committed CPU numbers (``results/smoke``): a failed run or a payload of
-   another kind stops the item, numbers that moved are logged (:func:`_smoke_check`);
+   estimate into a measured one (``rates.json``); and, once per chapter, a code path at its smoke
+   config on the device, compared with the committed CPU numbers (``results/smoke``): a failed run
+   or a payload of another kind stops the item, numbers that moved are logged (:func:`_smoke_check`);
 3. runs items in order, never starting one whose estimate (measured where possible, with a margin)
    does not fit the time left, and writes each result the moment it finishes, packed into
    ``OUT/results-N.tar`` (the device tool brings back at most 8 files, 64 MiB together; the loose
@@ -253,8 +253,12 @@ def _differences(ours, ref, rtol: float, atol: float, path: str) -> list[tuple[s
 
 class Preflight:
     """One command's preflight, item by item: :meth:`run` probes an item's loops for a few steps on
-    ``device`` at the paper's shapes (its probe config; timed per step) and, once per smoke twin,
-    checks the twin's smoke config on the device against the committed CPU run (:func:`_smoke_check`).
+    ``device`` at the paper's shapes (its probe config; timed per step) and checks a smoke twin's
+    smoke config on the device against the committed CPU run (:func:`_smoke_check`):
+    ``smoke_check="chapter"`` (the queue's) once per chapter, on the item :func:`_eager_picks` names
+    (the chapter's per-example stream where it has one, else its first candidate); ``True`` for
+    every item (once per twin); ``False`` never. Every probed item still runs its own code path at
+    the paper's shapes on the device, under the strict host-sync check.
 
     The queue calls :meth:`run` just before it decides on an item, so a command spends its probes on
     the items it may make, not on the whole list. ``cache`` (a machine-local JSON file) keeps every
@@ -269,13 +273,19 @@ class Preflight:
     A record: ``{"probe_config", "loops": {name: stats}, "device", "date", "ok", "error",
     "smoke_check", "seconds"}`` (and ``"eager_loops"`` for the item probed eagerly as well)."""
 
-    def __init__(self, candidates, device, log, smoke_check: bool = True, store=None,
+    def __init__(self, candidates, device, log, smoke_check: bool | str = "chapter", store=None,
                  compare_eager: bool | None = None, cache: pathlib.Path | None = None):
         self.dev = torch.device(device)
         self.log, self.smoke_check, self.store = log, smoke_check, store
         if compare_eager is None:
             compare_eager = self.dev.type == "cuda"
-        self.eager_of = _eager_picks(candidates) if compare_eager else {}
+        picks = _eager_picks(candidates)
+        self.eager_of = picks if compare_eager else {}
+        # one smoke check per chapter (each costs a whole smoke run: 5-38 s per item on this project's
+        # loaded 2-core CPU in a queue rehearsal, likely seconds each on a GPU, and a per-item check
+        # would spend minutes of a 15-minute session), on the item whose code path is the chapter's
+        # main one: its per-example stream where it has one
+        self.smoke_of = picks if smoke_check == "chapter" else None
         self.memo: dict = {}
         self.cache_path = None if cache is None else pathlib.Path(cache)
         self.code = R.code_hash()
@@ -316,7 +326,7 @@ class Preflight:
         except Exception as e:  # an item whose probe fails is not run: say why
             rec.update(ok=False, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
         rec["seconds"] = round(time.perf_counter() - t0, 2)
-        if self.smoke_check and rec["ok"]:
+        if self.smoke_check and rec["ok"] and (self.smoke_of is None or self.smoke_of.get(it.chapter) == it.key):
             twin = I.get_item(_twin(it))
             if twin.key not in self.checked:
                 t1 = time.perf_counter()
@@ -348,7 +358,7 @@ class Preflight:
         return rec
 
 
-def preflight(candidates: list[I.Item], device, log, smoke_check: bool = True, store=None,
+def preflight(candidates: list[I.Item], device, log, smoke_check: bool | str = True, store=None,
               compare_eager: bool | None = None, cache: pathlib.Path | None = None) -> dict:
     """:class:`Preflight` of every candidate, in order: ``{item key: record}``."""
     pre = Preflight(candidates, device, log, smoke_check, store, compare_eager, cache)
