@@ -153,10 +153,11 @@ def test_interrupted_training_resumes_to_the_same_result(fake_data, tmp_path, mo
     with pytest.raises(_Interrupt):
         ex.train_architecture(_job(cfg, tmp_path / "ae"))
     monkeypatch.setattr(Checkpointer, "maybe_save", real)
-    assert (tmp_path / "ae.ckpt").exists()
+    assert (tmp_path / "ae.ckpt").exists() and (tmp_path / "ae.seconds").exists()
     res = ex.train_architecture(_job(cfg, tmp_path / "ae"))
     assert res == ref
     assert not (tmp_path / "ae.ckpt").exists()  # the finished item drops its checkpoint
+    assert not (tmp_path / "ae.seconds").exists()
 
 
 def test_training_stops_before_its_deadline_at_an_epoch_end_and_continues_exactly(fake_data, tmp_path):

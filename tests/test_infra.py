@@ -54,3 +54,25 @@ def test_cli_lists_chapters_and_rejects_unknown(capsys):
     assert cli.main(["list"]) == 0
     with pytest.raises(SystemExit, match="unknown chapter"):
         cli.main(["run", "no-such-chapter"])
+
+
+def test_a_resumed_run_counts_the_seconds_of_its_earlier_commands(tmp_path, monkeypatch):
+    """A checkpoint keeps the seconds its run had taken (over every command), so a result made in
+    several commands records its whole time, not only its last command's."""
+    from recollect.train import checkpoint as C
+
+    clock = [1000.0]
+    monkeypatch.setattr(C.time, "monotonic", lambda: clock[0])
+    path = tmp_path / "item-0123456789abcdef"
+    assert C.prior_seconds(path) == 0.0
+    ck = C.Checkpointer(path, every=0)
+    clock[0] += 100.0
+    ck.maybe_save(lambda: {"x": 1})
+    assert C.prior_seconds(path) == 100.0  # the first command's 100 s
+    ck2 = C.Checkpointer(path, every=0)  # the next command resumes
+    assert ck2.load() == {"x": 1} and ck2.prior == 100.0
+    clock[0] += 50.0
+    ck2.maybe_save(lambda: {"x": 2})
+    assert C.prior_seconds(path) == 150.0
+    ck2.done()
+    assert C.prior_seconds(path) == 0.0 and not list(tmp_path.iterdir())

@@ -48,6 +48,7 @@ import torch
 from .. import results as R
 from ..cache import smoke_results_dir
 from ..train import probe
+from ..train.checkpoint import prior_seconds
 
 __all__ = ["Item", "Loop", "step_cost", "loop_names", "Job", "Missing", "register", "registry", "get_item", "chapter_items", "run_item",
            "result", "fetch", "collect", "needs_results", "is_missing", "current_version", "smoke_record", "SMOKE_DIR",
@@ -309,11 +310,12 @@ def run_item(item: Item, profile: str, device, store: R.ResultStore | None, *, p
     if deadline is None and os.environ.get(TIME_LIMIT_ENV) and profile != "smoke":
         deadline = time.monotonic() + float(os.environ[TIME_LIMIT_ENV])
     job = Job(item, profile, cfg, dev, deps, ck, progress, deadline)
+    before = prior_seconds(ck)  # a resumed item: the seconds of its earlier commands
     _sync(dev)
     t0 = time.perf_counter()
     payload = item.run(job)
     _sync(dev)
-    seconds = time.perf_counter() - t0
+    seconds = before + time.perf_counter() - t0
     if not isinstance(payload, dict):
         raise TypeError(f"item {item.key}: run must return a dict payload, got {type(payload).__name__}")
     version = current_version(item) if profile == "paper" else (R.fingerprint(payload) if profile == "smoke" else profile)
@@ -325,6 +327,7 @@ def run_item(item: Item, profile: str, device, store: R.ResultStore | None, *, p
         if ck is not None:
             for stale in checkpoint_files(ck.parent.parent, item):  # this config's and older configs'
                 stale.unlink()
+                stale.with_suffix(".seconds").unlink(missing_ok=True)
     memo[item.key] = res
     return res
 

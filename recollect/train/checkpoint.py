@@ -9,7 +9,9 @@ deleted when the item's result is stored; no result depends on one surviving.
 A checkpoint holds whatever state the trainer hands over (models, optimizers, buffers, counters) and,
 always, the random states: Python's, NumPy's, torch's CPU and CUDA default generators, and every
 explicit ``torch.Generator`` the trainer names, so a resumed run continues exactly as an unbroken
-one would.
+one would. Beside it, ``<name>.seconds`` holds the seconds the run had taken up to the checkpoint
+(over every command so far), so a resumed item's result records its whole time
+(:func:`prior_seconds`), not only its last command's.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 
 from ..utils import atomic_write
 
-__all__ = ["Checkpointer", "rng_state", "set_rng_state"]
+__all__ = ["Checkpointer", "rng_state", "set_rng_state", "prior_seconds"]
 
 
 def rng_state(generators: dict | None = None) -> dict:
@@ -47,6 +49,26 @@ def set_rng_state(st: dict, generators: dict | None = None) -> None:
         g.set_state(st["generators"][k])
 
 
+def _seconds_file(path: pathlib.Path) -> pathlib.Path:
+    return path.with_suffix(".seconds")
+
+
+def prior_seconds(path: str | os.PathLike | None) -> float:
+    """The seconds the run checkpointed at ``path`` (a job's checkpoint path, as given to
+    :class:`Checkpointer`) had taken up to its checkpoint, over every earlier command; 0 when there is
+    no checkpoint to resume."""
+    if path is None:
+        return 0.0
+    ckpt = pathlib.Path(path).with_suffix(".ckpt")
+    f = _seconds_file(ckpt)
+    if not ckpt.exists() or not f.exists():
+        return 0.0
+    try:
+        return float(f.read_text().strip())
+    except ValueError:
+        return 0.0
+
+
 class Checkpointer:
     """``ck = Checkpointer(path, every=90)``; ``state = ck.load(generators)`` (None when there is
     none); at each boundary ``ck.maybe_save(lambda: state, generators)``; ``ck.done()`` when finished.
@@ -58,6 +80,8 @@ class Checkpointer:
         self.path = None if path is None else pathlib.Path(path).with_suffix(".ckpt")
         self.every = float(every)
         self._last = time.monotonic()
+        self._start = self._last
+        self.prior = 0.0  # seconds of the earlier commands, up to the checkpoint this one resumed from
         self.saves = 0
 
     @property
@@ -74,6 +98,7 @@ class Checkpointer:
             print(f"warning: checkpoint {self.path.name} could not be read ({e}); starting from scratch")
             return None
         set_rng_state(blob["rng"], generators)
+        self.prior = prior_seconds(self.path)
         self._last = time.monotonic()
         return blob["state"]
 
@@ -85,10 +110,13 @@ class Checkpointer:
         torch.save({"state": state_fn(), "rng": rng_state(generators)}, buf)
         atomic_write(self.path, buf.getvalue())
         self._last = time.monotonic()
+        atomic_write(_seconds_file(self.path), f"{self.prior + self._last - self._start:.1f}\n".encode())
         self.saves += 1
         return True
 
     def done(self) -> None:
         """The run finished: its checkpoint is no longer needed."""
-        if self.path is not None and self.path.exists():
-            self.path.unlink()
+        if self.path is not None:
+            for p in (self.path, _seconds_file(self.path)):
+                if p.exists():
+                    p.unlink()
