@@ -513,8 +513,10 @@ def test_a_session_s_next_command_reuses_the_preflight_and_probes_just_in_time(t
     monkeypatch.setenv("RECOLLECT_CACHE", str(tmp / "cache"))
     items = [I.get_item(k) for k in ITEMS[:2]]
     cache = tmp / "cache" / Q.PREFLIGHT_CACHE
-    first = Q.preflight(items, "cpu", print, cache=cache)
+    first = Q.preflight(items, "cpu", print, smoke_check="chapter", cache=cache)  # the queue's setting
     assert all(r["ok"] for r in first.values()) and cache.exists()
+    # one smoke check per chapter (each costs a whole smoke run), on its first item here
+    assert "smoke_check" in first[items[0].key] and "smoke_check" not in first[items[1].key]
 
     def no_run(*a, **k):
         raise AssertionError("probed again")
@@ -525,16 +527,8 @@ def test_a_session_s_next_command_reuses_the_preflight_and_probes_just_in_time(t
     assert {k: (r["ok"], r["probe_config"], r["loops"].keys()) for k, r in again.items()} == \
         {k: (r["ok"], r["probe_config"], r["loops"].keys()) for k, r in first.items()}
     assert all("measured by an earlier command of this session" in l for l in lines if l.startswith("preflight"))
-    # the queue's preflight checks one smoke run per chapter (each costs a whole smoke run)
-    cache.unlink()
-    monkeypatch.undo()
-    monkeypatch.setenv("RECOLLECT_RESULTS", str(tmp / "results"))
-    monkeypatch.setenv("RECOLLECT_REHEARSAL", "1")
-    monkeypatch.setenv("RECOLLECT_CACHE", str(tmp / "cache"))
-    pre = Q.Preflight(items, "cpu", print)
-    recs = [pre.run(it) for it in items]
-    assert all(r["ok"] for r in recs) and "smoke_check" in recs[0] and "smoke_check" not in recs[1]
     # the queue: an item that would not fit even at PROBE_FLOOR of its estimate is skipped unprobed
+    cache.unlink()
     monkeypatch.setattr(Q, "cpu_seconds", lambda it, counts=None: 10_000.0)
     doc = Q.gpu_queue(60, tmp / "out", names=[items[0].key], device="cpu", checkpoint_root=tmp / "ck")
     assert not doc["preflight"] and "not probed" in doc["skipped"][0]["why"]
