@@ -255,7 +255,7 @@ class Preflight:
     """One command's preflight, item by item: :meth:`run` probes an item's loops for a few steps on
     ``device`` at the paper's shapes (its probe config; timed per step) and checks a smoke twin's
     smoke config on the device against the committed CPU run (:func:`_smoke_check`):
-    ``smoke_check="chapter"`` (the queue's) once per chapter, on the item :func:`_eager_picks` names
+    ``smoke_check="chapter"`` (the queue's) once per chapter, on the item :func:`_chapter_picks` names
     (the chapter's per-example stream where it has one, else its first candidate); ``True`` for
     every item (once per twin); ``False`` never. Every probed item still runs its own code path at
     the paper's shapes on the device, under the strict host-sync check.
@@ -266,7 +266,7 @@ class Preflight:
     reuses the probes and smoke checks of the earlier ones instead of repeating them.
 
     ``compare_eager`` (default: on CUDA) also probes one candidate of each chapter
-    (:func:`_eager_picks`: a per-example stream where there is one) a second time with every captured
+    (:func:`_chapter_picks`: a per-example stream where there is one) a second time with every captured
     step run eagerly (``recollect.train.capture.eager_steps``): the same item at its real fusion
     size, with and without the engine's CUDA graphs (:func:`engine_vs_eager`).
 
@@ -279,7 +279,7 @@ class Preflight:
         self.log, self.smoke_check, self.store = log, smoke_check, store
         if compare_eager is None:
             compare_eager = self.dev.type == "cuda"
-        picks = _eager_picks(candidates)
+        picks = _chapter_picks(candidates)
         self.eager_of = picks if compare_eager else {}
         # one smoke check per chapter (each costs a whole smoke run: 5-38 s per item on this project's
         # loaded 2-core CPU in a queue rehearsal, likely seconds each on a GPU, and a per-item check
@@ -306,6 +306,12 @@ class Preflight:
         doc = {"code": self.code, "device": device_name(self.dev), "items": self.records, "smoke": self.checked}
         R.atomic_write(self.cache_path, (json.dumps(doc, default=str) + "\n").encode())
 
+    def _probe(self, it: I.Item, memo: dict) -> dict:
+        """The item's probe config run on the device under a recorder: per-loop step times."""
+        with probe.Recorder(sync=self.dev.type == "cuda") as r, _strict_sync(self.dev):
+            I.run_item(it, "probe", self.dev, self.store, _memo=memo)
+        return r.summary()
+
     def run(self, it: I.Item) -> dict:
         from .train.capture import eager_steps
 
@@ -320,9 +326,7 @@ class Preflight:
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ok": True}
         t0 = time.perf_counter()
         try:
-            with probe.Recorder(sync=dev.type == "cuda") as r, _strict_sync(dev):
-                I.run_item(it, "probe", dev, self.store, _memo=self.memo)
-            rec["loops"] = r.summary()
+            rec["loops"] = self._probe(it, self.memo)
         except Exception as e:  # an item whose probe fails is not run: say why
             rec.update(ok=False, error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-2000:])
         rec["seconds"] = round(time.perf_counter() - t0, 2)
@@ -347,9 +351,8 @@ class Preflight:
         if self.eager_of.get(it.chapter) == it.key and rec["ok"]:
             try:
                 deps = {k: v for k, v in self.memo.items() if k != it.key}  # its dependencies' probes, not itself
-                with probe.Recorder(sync=dev.type == "cuda") as r, _strict_sync(dev), eager_steps():
-                    I.run_item(it, "probe", dev, self.store, _memo=deps)
-                rec["eager_loops"] = r.summary()
+                with eager_steps():
+                    rec["eager_loops"] = self._probe(it, deps)
                 log(f"engine against eager, {it.key}: {engine_vs_eager_text(rec)}")
             except Exception as e:  # the comparison is a measurement, never a reason to skip the item
                 log(f"engine against eager, {it.key}: not measured ({type(e).__name__}: {e})")
@@ -376,7 +379,7 @@ def measured_rates(pf: dict) -> dict:
 STREAM_LOOPS = ("lifelong", "students")
 
 
-def _eager_picks(candidates) -> dict:
+def _chapter_picks(candidates) -> dict:
     """Chapter -> the candidate probed eagerly too: its first item with a captured stream loop
     (:data:`STREAM_LOOPS`), else its first."""
     picks = {}

@@ -447,11 +447,11 @@ def test_the_preflight_times_one_item_per_chapter_with_and_without_graphs_and_un
     (a per-example stream where the chapter has one; else its first) is probed twice (captured steps,
     then every step eager); the ratio per loop is in its record and `unpack` prints it for the
     README. (On a CPU both runs are eager: the test checks the bookkeeping, a GPU the speed.)"""
-    from recollect.queue import _eager_picks
+    from recollect.queue import _chapter_picks
 
     cands = [I.get_item(k) for k in ("distortion/ae-categorical-6-2", "lifelong-cifar100/cifar10-ae",
                                       "lifelong-cifar100/coarse-fused-s0", "lifelong-cifar100/gemsplit-gem-s0")]
-    assert _eager_picks(cands) == {"distortion": "distortion/ae-categorical-6-2",
+    assert _chapter_picks(cands) == {"distortion": "distortion/ae-categorical-6-2",
                                    "lifelong-cifar100": "lifelong-cifar100/coarse-fused-s0"}
     from recollect.queue import engine_vs_eager, preflight, unpack
 
