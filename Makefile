@@ -15,10 +15,19 @@ PORTABLE := env $(shell grep -E '^[A-Z_]+=' recollect/portable.env)
 
 .PHONY: venv book test unit smoke clean paper-book dry-run plan
 venv: $(VENV)/.installed
+# disk a fresh install needs while pip runs, in GB (measured 2026-12-01 on x86_64: about 8 GB at the
+# peak, 5.2 GB in the venv after; torch's CUDA build is most of it). A machine with less stops here
+# with a message instead of half-way through pip; VENV_GB=0 skips the check.
+VENV_GB ?= 8
 $(VENV)/.installed: requirements.txt
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ "$$free" -lt "$(VENV_GB)" ]; then \
+	  echo "make venv: only $$free GB of disk free here, and installing requirements.txt needs about $(VENV_GB) GB while pip runs (5.2 GB stay in $(VENV)). Free some disk (an old clone with its .venv holds about 5 GB) and run make again, or skip this check with VENV_GB=0." >&2; \
+	  exit 1; \
+	fi
 	python3 -m venv $(VENV)
-	$(PIP_ENV) $(VENV)/bin/pip install -q --upgrade pip
-	$(PIP_ENV) $(VENV)/bin/pip install -q -r requirements.txt
+	$(PIP_ENV) $(VENV)/bin/pip install -q --no-cache-dir --upgrade pip
+	$(PIP_ENV) $(VENV)/bin/pip install -q --no-cache-dir -r requirements.txt
 	touch $@
 
 ## the book, from the stored outputs of the chapters and the results overview generated from results/
