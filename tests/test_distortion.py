@@ -200,6 +200,38 @@ def test_best_learning_rate_is_kept_and_rows_carry_the_paper():
     assert set(curves.columns) >= {"c", "l", "lr", "epoch", "train_loss", "curve_distortion"}
 
 
+def test_the_widest_rows_train_at_the_two_rates_that_won_and_every_other_at_four():
+    from recollect.experiments.items import get_item, registry
+
+    wide = {(c, l) for c, l in paper.TABLE5 if c * l // 4 >= ex.BF16_FILTERS}
+    assert wide == {(50, 18), (209, 8), (313, 4), (392, 3)}
+    for key in registry():
+        if key.startswith("distortion/ae-"):
+            it = get_item(key)
+            size = tuple(it.cfg("paper").size)
+            expect = ex.WIDE_LRS if (size in wide and not key.endswith("-kl")) else paper.LR_SWEEP_FIG2
+            assert it.cfg("paper").lrs == tuple(expect), key
+            assert f"at {len(expect)} learning rates" in it.title, key
+            assert bool(it.reduction) == (tuple(expect) == ex.WIDE_LRS), key
+    assert ex.WIDE_LRS == (1e-2, 1e-3)
+
+
+def test_lr_evidence_counts_wins_over_rows_at_all_four_rates_only():
+    four = {1e-2: 0.30, 1e-3: 0.10, 1e-4: 0.12, 1e-5: 0.50}
+    t5 = _t5({(6, 2): four, (38, 2): {1e-2: 0.05, 1e-3: 0.04, 1e-4: 0.045, 1e-5: 0.2},
+              (209, 8): {1e-2: 0.03, 1e-3: 0.05}})  # two rates: left out of the count
+    ev = ex.lr_evidence(t5).set_index("lr")
+    assert ev["architectures"].tolist() == [2, 2, 2, 2]
+    assert ev["best in"].tolist() == [0, 2, 0, 0]
+    assert ev.loc["1e-04", "least excess"] == pytest.approx(0.005)
+    assert ev.loc["1e-02", "median excess"] == pytest.approx((0.20 + 0.01) / 2)
+    assert ex.lr_evidence_text(ev.reset_index()).startswith("2 of 2 architectures")
+    # a row won by a rate left out of WIDE_LRS shows in the line
+    t5b = _t5({(6, 2): {1e-2: 0.30, 1e-3: 0.10, 1e-4: 0.05, 1e-5: 0.50}})
+    assert ex.lr_evidence_text(ex.lr_evidence(t5b)).startswith("0 of 1 architectures")
+    assert ex.lr_evidence_text(ex.lr_evidence()) == "no architecture trained at all four learning rates yet"
+
+
 def test_matched_bits_gives_each_baseline_at_most_the_vae_bits():
     t5 = _t5({(6, 2): {1e-2: 0.2}, (20, 2): {1e-2: 0.1}})  # 6 and 20 bits
     base = pd.DataFrame([
