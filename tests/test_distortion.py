@@ -224,6 +224,7 @@ def test_lr_evidence_counts_wins_over_rows_at_all_four_rates_only():
     assert ev["architectures"].tolist() == [2, 2, 2, 2]
     assert ev["best in"].tolist() == [0, 2, 0, 0]
     assert ev.loc["1e-04", "least excess"] == pytest.approx(0.005)
+    assert ev.loc["1e-04", "least relative excess"] == pytest.approx(0.005 / 0.04)
     assert ev.loc["1e-02", "median excess"] == pytest.approx((0.20 + 0.01) / 2)
     assert ex.lr_evidence_text(ev.reset_index()).startswith("2 of 2 architectures")
     # a row won by a rate left out of WIDE_LRS shows in the line
@@ -261,6 +262,10 @@ def test_claims_follow_the_numbers():
     good = dict((c, h) for c, h, _ in claims.distortion(t5, t6({1: 0.13, 20: 0.015}), by_rho, by_n))
     assert good[next(k for k in good if k.startswith("Categorical"))] is True
     assert good[next(k for k in good if "capacity C_ve" in k)] is True
+    evidence = {c: e for c, _, e in claims.distortion(t5, t6({1: 0.13, 20: 0.015}), by_rho, by_n)}
+    # h=20's distortion is below every categorical row's: listed as not compared, not silently dropped
+    assert "not compared: h=20 (no categorical row made so far" in evidence[next(k for k in evidence
+                                                                               if k.startswith("Categorical"))]
     bad = dict((c, h) for c, h, _ in claims.distortion(t5, t6({1: 0.01}), by_rho, by_n))
     assert bad[next(k for k in bad if k.startswith("Categorical"))] is False
     assert all(good[k] for k in good if "eq" in k.lower() or "rho" in k)

@@ -49,7 +49,8 @@ class Context:
         return self.profile == "smoke"
 
     def describe(self) -> str:
-        return (f"profile={self.profile} seeds={list(self.seeds)} device={device_name(self.device)} "
+        seeds = list(self.seeds_given) if self.seeds_given else "each item's own (settings table)"
+        return (f"profile={self.profile} seeds={seeds} device={device_name(self.device)} "
                 f"torch={torch.__version__}")
 
     def check_results(self, chapter: str) -> str:

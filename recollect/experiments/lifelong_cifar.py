@@ -681,7 +681,10 @@ def describe_streams(ctx) -> pd.DataFrame | Missing:
                                    "task 1 classes": ", ".join(map(str, f["task_classes"][0])),
                                    "task 2 classes": ", ".join(map(str, f["task_classes"][1]))
                                    if len(f["task_classes"]) > 1 else "-"})
-    return pd.DataFrame([out[s] for s in SPLITS if s in out])
+    # a split with no result yet is a row that says so, not a row left out
+    if all(s in out for s in SPLITS):
+        return pd.DataFrame([out[s] for s in SPLITS])
+    return pd.DataFrame([out.get(s, {"split": s, "tasks": "no result yet"}) for s in SPLITS], dtype=object).fillna("-")
 
 
 def run_rows(ctx) -> pd.DataFrame | Missing:
