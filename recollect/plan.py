@@ -34,7 +34,7 @@ def plan_table(chapters=None) -> pd.DataFrame:
     rates = _load_json(R.results_dir() / RATES_FILE)
     counts = _load_json(R.results_dir() / COUNTS_FILE)
     rows = []
-    for it in I.registry().values():
+    for it in I.paper_items().values():
         if chapters and it.chapter not in chapters:
             continue
         state, got = I.item_state(it, store)
@@ -78,7 +78,7 @@ def print_plan(chapters=None, all_rows: bool = True) -> pd.DataFrame:
     if len(first):
         per = first.groupby("chapter", sort=False).minutes.sum()
         print("first pass per chapter (estimated H200-minutes): " + ", ".join(f"{c} {m:.2f}" for c, m in per.items()))
-    auto = [it for it in I.registry().values() if (not chapters or it.chapter in chapters)
+    auto = [it for it in I.paper_items().values() if (not chapters or it.chapter in chapters)
             and getattr(it.cfg("paper"), "precision", None) == "auto"]
     if auto:
         mins = df[df.chapter.isin({it.chapter for it in auto}) & df.item.isin({it.name for it in auto})].minutes
@@ -121,7 +121,7 @@ def dry_run(keys=None, device: str = "cpu", count: bool = True, log=print) -> li
     counts = _load_json(path)
     failures = []
     memo: dict = {}
-    for key, it in I.registry().items():
+    for key, it in I.paper_items().items():
         if keys and key not in keys and it.chapter not in keys:
             continue
         t0 = time.perf_counter()

@@ -101,7 +101,7 @@ def todo(store: R.ResultStore, stages=("first",), chapters=None, names=None, gpu
 
     Items named in ``names`` (key or, with ``chapters``, name) are made whatever their stage and
     whether they need a GPU: naming one is asking for it. A name that matches no item is an error."""
-    reg = I.registry()
+    reg = I.paper_items()
     if names:
         known = {k for it in reg.values() if not chapters or it.chapter in chapters for k in (it.key, it.name)}
         unknown = [n for n in names if n not in known]

@@ -154,6 +154,24 @@ def test_named_items_are_made_whatever_their_stage_and_unknown_names_fail():
         todo(store, stages=("first",), names=["distortion/no-such-item"])
 
 
+def test_a_smoke_only_item_is_never_queued_planned_or_listed_at_the_paper_profile():
+    """The distortion chapter's smoke loss row (6, 2)-kl is the KL items' smoke twin; no paper table
+    reads it, so the queue, the plan, the dry run and the status box leave it out."""
+    from recollect import plan as P
+
+    key = "distortion/ae-categorical-6-2-kl"
+    assert key in I.registry() and key not in I.paper_items()
+    store = R.ResultStore("/nonexistent")
+    assert key not in [i.key for i in todo(store, stages=("first", "seeds", "beyond"))]
+    with pytest.raises(ValueError, match="6-2-kl"):
+        todo(store, names=[key])
+    assert key not in [r["item"] for r in I.item_states("distortion")]
+    assert "ae-categorical-6-2-kl" not in set(P.plan_table(["distortion"]).item)
+    # the paper's own KL rows stay, and the smoke profile still fingerprints the twin
+    assert "distortion/ae-categorical-38-2-kl" in I.paper_items()
+    assert I.smoke_record(I.get_item(key)) is not None
+
+
 def test_every_training_item_longer_than_a_minute_is_resumable():
     """A GPU command runs at most 10 minutes: an item that may not finish in one must stop before the
     deadline and continue (``Job.boundary``). Only the two short checks are exempt."""

@@ -128,6 +128,9 @@ class Item:
     gpu: bool = True
     reduction: str = ""
     versioned_by: str | None = None
+    #: False: an item of the smoke profile only (the smoke twin of paper items, which no table reads at
+    #: the paper profile): the plan, the queue, the dry run and the status box leave it out
+    paper: bool = True
     data: tuple = ()
     resumable: bool = False
 
@@ -184,6 +187,11 @@ def registry() -> dict[str, Item]:
     order = list(CHAPTER_MODULES)
     rank = lambda ch: order.index(ch) if ch in order else len(order)  # noqa: E731
     return dict(sorted(_REGISTRY.items(), key=lambda kv: (rank(kv[1].chapter), kv[1].priority, kv[0])))
+
+
+def paper_items() -> dict[str, Item]:
+    """The items of the paper profile (:func:`registry` less the smoke-only ones), by key, in book order."""
+    return {k: it for k, it in registry().items() if it.paper}
 
 
 def get_item(key: str) -> Item:
@@ -567,6 +575,8 @@ def item_states(chapter: str) -> list[dict]:
     store = R.ResultStore()
     out = []
     for it in chapter_items(chapter):
+        if not it.paper:
+            continue
         state, got = item_state(it, store)
         st = {"state": state}
         if got is not None:
