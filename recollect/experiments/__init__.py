@@ -89,6 +89,10 @@ class Context:
                 print(f"  {r.item}: {pv.get('device', '?')}, {str(pv.get('date', ''))[:10]}, "
                       f"{float(pv.get('seconds', 0.0)):.0f} s, commit {pv.get('commit', '?')}, torch {pv.get('torch', '?')}"
                       + (" (stale)" if getattr(r, "stale", False) else ""))
+            if any(str(r.provenance.get("commit", "")).endswith("+dirty") for r in made):
+                print("  (a commit marked +dirty: the result was made from that commit with changes not yet "
+                      "committed; unless marked stale, the smoke fingerprint it carries is the one this book's "
+                      "code gives)")
         for line in notes:
             print(line)
         if self.smoke:
