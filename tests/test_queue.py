@@ -163,7 +163,7 @@ def test_a_smoke_only_item_is_never_queued_planned_or_listed_at_the_paper_profil
     assert key in I.registry() and key not in I.paper_items()
     store = R.ResultStore("/nonexistent")
     assert key not in [i.key for i in todo(store, stages=("first", "seeds", "beyond"))]
-    with pytest.raises(ValueError, match="6-2-kl"):
+    with pytest.raises(ValueError, match="6-2-kl: an item of the smoke profile only"):
         todo(store, names=[key])
     assert key not in [r["item"] for r in I.item_states("distortion")]
     assert "ae-categorical-6-2-kl" not in set(P.plan_table(["distortion"]).item)

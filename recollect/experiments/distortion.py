@@ -307,10 +307,16 @@ def _ae_loops(cfg: AEConfig) -> list:
     return [Loop("epochs", steps, captured=True), Loop("eval", evals)]
 
 
+def _wide(kind: str, size, kl: bool = False) -> bool:
+    """One of Table 5's widest rows (``BF16_FILTERS`` filters per layer or more): bf16 when the check
+    allows, and the learning rates of ``WIDE_LRS``."""
+    return kind == "categorical" and not kl and size[0] * size[1] // _LATENT >= BF16_FILTERS
+
+
 def _register_ae(kind: str, size, kl: bool, smoke_rows, priority: int, paper_row: bool = True):
     size = tuple(int(v) for v in size)
     name = _ae_name(kind, size, kl)
-    large = kind == "categorical" and not kl and size[0] * size[1] // _LATENT >= BF16_FILTERS
+    large = _wide(kind, size, kl)
     base = AEConfig(kind, size, kl_weight=KL_WEIGHT if kl else 0.0, precision="auto" if large else "fp32",
                     **(dict(lrs=WIDE_LRS) if large else {}))
     twin_size = smoke_rows[0] if kind == "categorical" else (smoke_rows[0],)
@@ -358,7 +364,7 @@ def settings(ctx) -> pd.DataFrame:
     rows5 = list(paper.TABLE5) if prof == "paper" else list(SMOKE_ROWS5)
     rows6 = list(paper.TABLE6) if prof == "paper" else list(SMOKE_ROWS6)
     loss_rows = LOSS_ROWS if prof == "paper" else SMOKE_LOSS_ROWS
-    wide = [f"({c}, {l})" for c, l in rows5 if c * l // _LATENT >= BF16_FILTERS]
+    wide = [f"({c}, {l})" for c, l in rows5 if _wide("categorical", (c, l))]
     wide_note = (f" ({', '.join(wide)} at {', '.join(f'{v:.0e}' for v in WIDE_LRS)} only: protocol notes)"
                  if wide else "")
     return pd.DataFrame([
