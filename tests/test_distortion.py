@@ -227,6 +227,10 @@ def test_lr_evidence_counts_wins_over_rows_at_all_four_rates_only():
     assert ev.loc["1e-04", "least relative excess"] == pytest.approx(0.005 / 0.04)
     assert ev.loc["1e-02", "median excess"] == pytest.approx((0.20 + 0.01) / 2)
     assert ex.lr_evidence_text(ev.reset_index()).startswith("2 of 2 architectures")
+    # (209, 8) did best at 1e-2, not at the lower edge of its two-rate sweep; at 1e-3 it would be named
+    assert "none did best at 1e-03" in ex.lr_evidence_text(ex.lr_evidence(t5))
+    t5c = _t5({(6, 2): four, (209, 8): {1e-2: 0.05, 1e-3: 0.03}})
+    assert "1 did best at 1e-03, the lower edge of their sweep ((209, 8)" in ex.lr_evidence_text(ex.lr_evidence(t5c))
     # a row won by a rate left out of WIDE_LRS shows in the line
     t5b = _t5({(6, 2): {1e-2: 0.30, 1e-3: 0.10, 1e-4: 0.05, 1e-5: 0.50}})
     assert ex.lr_evidence_text(ex.lr_evidence(t5b)).startswith("0 of 1 architectures")

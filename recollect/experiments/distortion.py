@@ -502,6 +502,10 @@ def lr_evidence(*tables: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["lr", "architectures", "best in", "least excess", "median excess",
                                      "least relative excess"])
     df = pd.concat(frames, ignore_index=True)
+    # the rows trained at WIDE_LRS only, and those of them whose best rate is the sweep's lower edge
+    # (where the untried 1e-4 might have done better)
+    few = df[(df["lrs_run"] == len(WIDE_LRS)) & df["best"]]
+    at_edge = few[np.isclose(few["lr"], min(WIDE_LRS))]
     full = df[df["lrs_run"] == len(paper.LR_SWEEP_FIG2)].copy()
     keys = [k for k in ("c", "l", "h") if k in full.columns]
     arch = full[keys].astype("string").fillna("-").agg("/".join, axis=1)
@@ -515,7 +519,10 @@ def lr_evidence(*tables: pd.DataFrame) -> pd.DataFrame:
                      "least excess": float(g["excess"][~g["best"]].min()) if (~g["best"]).any() else np.nan,
                      "median excess": float(g["excess"].median()) if len(g) else np.nan,
                      "least relative excess": float(g["relative"][~g["best"]].min()) if (~g["best"]).any() else np.nan})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out.attrs["two_rate_rows"] = int(len(few))
+    out.attrs["at_lower_edge"] = [f"({int(c)}, {int(l)})" for c, l in zip(at_edge["c"], at_edge["l"])] if len(at_edge) else []
+    return out
 
 
 def lr_evidence_text(ev: pd.DataFrame) -> str:
@@ -527,9 +534,16 @@ def lr_evidence_text(ev: pd.DataFrame) -> str:
     won = int(ev.loc[kept, "best in"].sum())
     left = ev.loc[~kept, "least excess"].min()
     rel = ev.loc[~kept, "least relative excess"].min()
-    return (f"{won} of {n} architectures trained at all four learning rates did best at "
+    line = (f"{won} of {n} architectures trained at all four learning rates did best at "
             f"{' or '.join(ev.loc[kept, 'lr'])}; the other rates stayed at least {left:.4f} above the best "
             f"(band {BAND}), at least {rel:.0%} of it")
+    few, edge = ev.attrs.get("two_rate_rows", 0), ev.attrs.get("at_lower_edge", [])
+    if few:
+        line += (f". Of the {few} rows trained at {' and '.join(f'{v:.0e}' for v in WIDE_LRS)} only, "
+                 + (f"{len(edge)} did best at {min(WIDE_LRS):.0e}, the lower edge of their sweep ({', '.join(edge)}: "
+                    "an untried 1e-4 might have done better there)" if edge else
+                    f"none did best at {min(WIDE_LRS):.0e}, the lower edge of their sweep"))
+    return line
 
 
 def paper_spread() -> pd.DataFrame:
