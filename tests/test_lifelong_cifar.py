@@ -344,3 +344,20 @@ def test_tables_of_a_partly_made_chapter_name_the_items_they_wait_for():
     df.attrs["missing"] = ["lifelong-cifar100/coarse-fused-s0", "lifelong-cifar100/gemsplit-gem-s0"]
     for got in (LC.compare_rows(df, "3"), LC.no_verdicts(df, "3"), LC.online_table(df)):
         assert isinstance(got, I.Missing) and got.items == ["lifelong-cifar100/coarse-fused-s0"]
+
+
+def test_a_split_without_results_is_a_row_of_the_streams_table(monkeypatch):
+    """At the paper profile, a split none of whose items is made yet shows as a row saying so."""
+    from types import SimpleNamespace
+
+    facts = dict(tasks=20, classes=100, train_images=50_000, test_images=10_000,
+                 task_classes=[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])
+    runs = [(None, SimpleNamespace(split="gem"), {"stream": facts})]
+    monkeypatch.setattr(ex, "_payloads", lambda ctx: (runs, ["lifelong-cifar100/coarse-fused-s0"]))
+    df = ex.describe_streams(None)
+    assert list(df["split"]) == list(ex.SPLITS)
+    other = [s for s in ex.SPLITS if s != "gem"][0]
+    assert df.set_index("split").loc[other, "tasks"] == "no result yet"
+    assert df.set_index("split").loc["gem", "tasks"] == 20
+    runs.append((None, SimpleNamespace(split=other), {"stream": facts}))  # both made: plain numbers
+    assert ex.describe_streams(None)["tasks"].tolist() == [20, 20]
