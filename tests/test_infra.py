@@ -76,3 +76,24 @@ def test_a_resumed_run_counts_the_seconds_of_its_earlier_commands(tmp_path, monk
     assert C.prior_seconds(path) == 150.0
     ck2.done()
     assert C.prior_seconds(path) == 0.0 and not list(tmp_path.iterdir())
+
+
+def test_make_venv_stops_before_pip_when_the_disk_is_too_full(tmp_path):
+    """The last CI run died half-way through pip with 'No space left on device': `make venv` checks the
+    free disk first and stops with a message that says what is free, what is needed and how to go on."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    (tmp_path / "recollect").mkdir()
+    for f in ("Makefile", "requirements.txt", "recollect/portable.env"):
+        shutil.copy(root / f, tmp_path / f)
+    r = subprocess.run(["make", "venv", "VENV_GB=100000000"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "GB of disk free here" in r.stderr and "needs about 100000000 GB" in r.stderr and "VENV_GB=0" in r.stderr
+    assert not (tmp_path / ".venv").exists()  # nothing was installed, nothing half-made
+    # a dry run with the check met goes on to create the venv (-n: print, do not run)
+    r = subprocess.run(["make", "-n", "venv", "VENV_GB=0"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "python3 -m venv" in r.stdout
