@@ -105,8 +105,8 @@ def todo(store: R.ResultStore, stages=("first",), chapters=None, names=None, gpu
     if names:
         known = {k for it in reg.values() if not chapters or it.chapter in chapters for k in (it.key, it.name)}
         unknown = [n for n in names if n not in known]
-        smoke_only = [n for n in unknown if n in I.registry() or any(n == it.name for it in I.registry().values()
-                                                                       if not chapters or it.chapter in chapters)]
+        every = {k for it in I.registry().values() if not chapters or it.chapter in chapters for k in (it.key, it.name)}
+        smoke_only = [n for n in unknown if n in every]
         if smoke_only:
             raise ValueError(f"{', '.join(smoke_only)}: an item of the smoke profile only (a smoke twin no paper "
                              "table reads); it is not made at the paper profile")
