@@ -185,9 +185,22 @@ class Browser:
             ev = self.wait_event("Page.lifecycleEvent", session)
             if ev["params"]["name"] == "load" and ev["params"].get("loaderId") == loader:
                 break
-        res = self.send("Runtime.evaluate", {"expression": PROBE % {"wait_ms": wait_ms},
-                                             "awaitPromise": True, "returnByValue": True},
-                        session=session)
+        for attempt in range(3):
+            try:
+                res = self.send("Runtime.evaluate", {"expression": PROBE % {"wait_ms": wait_ms},
+                                                     "awaitPromise": True, "returnByValue": True},
+                                session=session)
+                break
+            except RuntimeError as e:
+                # the page navigated while the probe ran (the book's index.html is a meta-refresh
+                # redirect to its first chapter): probe the page it went to, once that has loaded
+                if "navigated or closed" not in str(e) or attempt == 2:
+                    raise
+                while True:
+                    ev = self.wait_event("Page.lifecycleEvent", session)
+                    if ev["params"]["name"] == "load" and ev["params"].get("loaderId") != loader:
+                        loader = ev["params"].get("loaderId")
+                        break
         if "exceptionDetails" in res:
             raise RuntimeError(f"probe failed on {url}: {res['exceptionDetails']}")
         out = json.loads(res["result"]["value"])
