@@ -17,7 +17,7 @@ import torch
 from . import results as R
 from .experiments import items as I
 from .queue import (CONSTANTS, COUNTS_FILE, RATES_FILE, _load_json, counted_step_seconds, cpu_seconds,
-                    estimate_seconds)
+                    estimate_seconds, matmul_flop_rate)
 from .train import probe
 
 __all__ = ["plan_table", "print_plan", "dry_run", "CPU_ITEM_MINUTES"]
@@ -92,7 +92,7 @@ def print_plan(chapters=None, all_rows: bool = True) -> pd.DataFrame:
     small = gpu[(gpu.state != "done") & gpu["cpu minutes"].notna() & (gpu["cpu minutes"] <= CPU_ITEM_MINUTES)]
     if len(small):
         print(f"GPU items a CPU like the counting one makes in <= {CPU_ITEM_MINUTES} minutes each (estimate: its "
-              f"measured seconds per probe step): {len(small)} not made, {small['cpu minutes'].sum():.0f} CPU-minutes "
+              f"measured seconds per probe step, at least the real step's FLOPs at its matmul rate): {len(small)} not made, {small['cpu minutes'].sum():.0f} CPU-minutes "
               "in all; on a machine without a GPU, cheapest first:")
         for chapter, g in small.sort_values("cpu minutes").groupby("chapter", sort=False):
             print(f"  python -m recollect run {chapter} --profile paper --item {' '.join(g.item)}")
@@ -107,6 +107,8 @@ def print_plan(chapters=None, all_rows: bool = True) -> pd.DataFrame:
           "probe at the paper's shapes:")
     print("  eager step  = max(launches x EAGER_OP_S, FLOPs / FLOP_RATE)   (host-bound)")
     print("  captured step = launches x GRAPH_KERNEL_S + FLOPs / FLOP_RATE (one CUDA graph replay)")
+    print("  a loop whose real step does `work` times its probe step's arithmetic (Loop.work) costs at least "
+          "work x FLOPs / FLOP_RATE; its cpu minutes at least work x FLOPs / the counting CPU's matmul rate")
     print("  " + ", ".join(f"{k} = {v:g}" for k, v in CONSTANTS.items()) + "  (estimates, from shared/probe-notes.md)")
     return df
 
@@ -121,6 +123,7 @@ def dry_run(keys=None, device: str = "cpu", count: bool = True, log=print) -> li
     counts = _load_json(path)
     failures = []
     memo: dict = {}
+    rate = None
     for key, it in I.paper_items().items():
         if keys and key not in keys and it.chapter not in keys:
             continue
@@ -138,7 +141,9 @@ def dry_run(keys=None, device: str = "cpu", count: bool = True, log=print) -> li
                         for k, v in loops.items())
         log(f"dry run {key}: ok in {time.perf_counter() - t0:.1f} s ({msg or 'no loop ticked'})")
         if count:
+            rate = rate or matmul_flop_rate()
             counts[key] = {"probe_config": R.config_hash(I._as_dict(it.cfg("probe"))), "loops": loops,
-                           "torch": torch.__version__, "date": time.strftime("%Y-%m-%d", time.gmtime())}
+                           "flop_rate": rate, "torch": torch.__version__,
+                           "date": time.strftime("%Y-%m-%d", time.gmtime())}
             R.atomic_write(path, (json.dumps(R.encode(dict(sorted(counts.items())), {}), indent=1) + "\n").encode())
     return failures

@@ -171,33 +171,52 @@ def counted_step_seconds(flops: float, launches: float, captured: bool) -> float
     return max(launches * EAGER_OP_S, flops / FLOP_RATE)
 
 
+def _arithmetic(c: dict | None, rate: float | None):
+    """``name -> seconds`` of a counted probe step's FLOPs at ``rate`` FLOP/s (None without both)."""
+    if not c or not rate:
+        return None
+    return lambda n: c["loops"][n]["flops_per_step"] / rate
+
+
+def _counted(c: dict | None, chash: str, names: set) -> bool:
+    return bool(c) and c.get("probe_config") == chash and names <= set(c["loops"])
+
+
 def estimate_seconds(item: I.Item, rates: dict | None = None, counts: dict | None = None) -> tuple[float | None, str]:
     """``(seconds, how)`` of ``item`` at the paper profile: measured per-step rates (a preflight) when
-    there are some for this config, else counted FLOPs and launches, else ``(None, why)``."""
+    there are some for this config, else counted FLOPs and launches, else ``(None, why)``. A loop that
+    does more arithmetic per step than its probe step (``Loop.work``) needs the counted FLOPs on
+    either path (:func:`recollect.experiments.items.step_cost`)."""
     cfg = item.cfg("paper")
     chash = R.config_hash(I._as_dict(item.cfg("probe")))
     loops = item.loops(cfg)
     names = I.loop_names(loops)
-    r = (rates or {}).get(item.key)
-    if r and r.get("probe_config") == chash and names <= set(r["loops"]):
-        sec = sum(l.steps * I.step_cost(l, lambda n: r["loops"][n]["seconds_per_step"]) for l in loops)
-        return sec, f"measured on {r.get('device', 'a GPU')} ({r.get('date', '')[:10]})"
     c = (counts or {}).get(item.key)
-    if c and c.get("probe_config") == chash and names <= set(c["loops"]):
+    counted = _counted(c, chash, names)
+    scaled = any(l.work != 1 for l in loops)
+    arith = _arithmetic(c, FLOP_RATE) if counted else None
+    r = (rates or {}).get(item.key)
+    if r and r.get("probe_config") == chash and names <= set(r["loops"]) and (arith or not scaled):
+        sec = sum(l.steps * I.step_cost(l, lambda n: r["loops"][n]["seconds_per_step"], arith) for l in loops)
+        return sec, f"measured on {r.get('device', 'a GPU')} ({r.get('date', '')[:10]})"
+    if counted:
         sec = 0.0
         for l in loops:
-            def counted(n, l=l):
+            def counted_s(n, l=l):
                 lc = c["loops"][n]
                 return counted_step_seconds(lc["flops_per_step"], lc["launches_per_step"], l.captured)
-            sec += l.steps * I.step_cost(l, counted)
+            sec += l.steps * I.step_cost(l, counted_s, arith)
         return sec, "counted (FLOPs and launches per step on a CPU probe)"
     return None, "not counted yet: `python -m recollect plan --count`"
 
 
 def cpu_seconds(item: I.Item, counts: dict | None = None) -> float | None:
     """Seconds ``item`` would take at the paper profile on the CPU that counted it (``plan --count``
-    times each loop's probe steps as it counts them): steps x measured seconds per step. None when
-    not counted at this config. An estimate for a machine like that one (2 cores here)."""
+    times each loop's probe steps as it counts them): steps x measured seconds per step, and for a
+    loop whose real step does more arithmetic than its probe step (``Loop.work``) at least its FLOPs
+    at that CPU's measured matrix-multiply rate (``flop_rate``, recorded by the count). None when not
+    counted at this config (or counted before the rate was recorded). An estimate for a machine like
+    that one (2 cores here)."""
     cfg = item.cfg("paper")
     c = (counts or {}).get(item.key)
     loops = item.loops(cfg)
@@ -205,7 +224,24 @@ def cpu_seconds(item: I.Item, counts: dict | None = None) -> float | None:
         return None
     if not all(n in c["loops"] and c["loops"][n].get("seconds_per_step") for n in I.loop_names(loops)):
         return None
-    return sum(l.steps * I.step_cost(l, lambda n: c["loops"][n]["seconds_per_step"]) for l in loops)
+    arith = _arithmetic(c, c.get("flop_rate"))
+    if arith is None and any(l.work != 1 for l in loops):
+        return None
+    return sum(l.steps * I.step_cost(l, lambda n: c["loops"][n]["seconds_per_step"], arith) for l in loops)
+
+
+def matmul_flop_rate(n: int = 1024, repeats: int = 5) -> float:
+    """This machine's float32 matrix-multiply rate in FLOP/s (best of ``repeats`` n x n products on the
+    CPU, with torch's threads as set): what ``plan --count`` records beside its counts so that
+    :func:`cpu_seconds` can cost arithmetic the probe's small steps do not show."""
+    a = torch.randn(n, n, generator=torch.Generator().manual_seed(0))
+    torch.mm(a, a)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
 
 
 # ------------------------------------------------------------------------------------------------

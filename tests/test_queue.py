@@ -216,6 +216,61 @@ def test_a_growing_loop_is_extrapolated_from_the_probe_s_tasks():
     assert cpu_seconds(f, counts_of(f, per)) == pytest.approx(want)
 
 
+def test_a_loop_larger_than_its_probe_step_is_costed_by_its_arithmetic():
+    """The classical codecs' k-means: the probe's counted step assigns 1,024 images to a codebook of 2;
+    a real iteration assigns 50,000 images to codebooks up to 2^15. Its loop's ``work`` makes the
+    estimates (GPU and CPU) pay the real arithmetic instead of the probe step's (0.0 CPU-minutes and
+    0.01 H200-minutes before), and without the counted FLOPs there is no estimate at all."""
+    from recollect.experiments import distortion as D
+    from recollect.queue import FLOP_RATE, cpu_seconds, estimate_seconds
+
+    it = I.get_item("distortion/baselines")
+    cfg, probe = it.cfg("paper"), it.cfg("probe")
+    loops = {l.name: l for l in it.loops(cfg)}
+    km = loops["kmeans"]
+    d = 28 * 28
+    probe_step = 2 * probe.n_train * 2 * d                # the counted step's distances: 2 N K D at K = 2
+    bits = [b for b in range(1, 40) if 2 ** b < cfg.n_train]
+    real = sum(cfg.kmeans_iters * 2 * cfg.n_train * 2 ** b * d for b in bits)
+    assert km.steps == len(bits) * cfg.kmeans_iters
+    assert km.steps * km.work * probe_step == pytest.approx(real)
+    assert loops["codecs"].work == pytest.approx(cfg.n_train / probe.n_train)
+    # the probe counts every codec it evaluates, the k-means codebooks too
+    assert {l.name: l.steps for l in it.loops(probe)}["codecs"] == \
+        sum(len(v) for g in probe.grid().values() for v in g.values()) + len([b for b in bits if 2 ** b < probe.n_train])
+
+    chash = R.config_hash(I._as_dict(probe))
+    per = {"kmeans": (0.002, probe_step), "codecs": (0.007, 1e7)}
+    counts = {it.key: {"probe_config": chash, "flop_rate": 1e11,
+                       "loops": {n: {"seconds_per_step": s, "flops_per_step": f, "launches_per_step": 20.0}
+                                 for n, (s, f) in per.items()}}}
+    want_cpu = sum(l.steps * max(per[n][0], l.work * per[n][1] / 1e11) for n, l in loops.items())
+    assert cpu_seconds(it, counts) == pytest.approx(want_cpu)
+    assert cpu_seconds(it, counts) > 10 * 60 > sum(l.steps * per[n][0] for n, l in loops.items())
+    sec, how = estimate_seconds(it, None, counts)
+    assert how.startswith("counted") and sec == pytest.approx(sum(
+        l.steps * max(20 * 30e-6, l.work * per[n][1] / FLOP_RATE) for n, l in loops.items()))
+    # a GPU's measured probe steps: the real arithmetic still bounds them from below
+    rates = {it.key: {"probe_config": chash, "loops": {n: {"seconds_per_step": 1e-4} for n in per}}}
+    sec_m, how_m = estimate_seconds(it, rates, counts)
+    assert how_m.startswith("measured") and sec_m == pytest.approx(sum(
+        l.steps * max(1e-4, l.work * per[n][1] / FLOP_RATE) for n, l in loops.items()))
+    # without the counted FLOPs (or the counting CPU's rate) no estimate is made from the probe step alone
+    assert estimate_seconds(it, rates, None) == (None, "not counted yet: `python -m recollect plan --count`")
+    del counts[it.key]["flop_rate"]
+    assert cpu_seconds(it, counts) is None
+    with pytest.raises(ValueError, match="arithmetic"):
+        I.step_cost(km, lambda n: 0.002)
+    with pytest.raises(ValueError, match="work must be"):
+        I.Loop("x", 3, work=0)
+
+
+def test_the_counting_cpu_s_matmul_rate_is_measured():
+    from recollect.queue import matmul_flop_rate
+
+    assert 1e8 < matmul_flop_rate(n=256, repeats=2) < 1e15
+
+
 def test_compare_numbers_tolerates_small_and_reports_large_differences():
     ref = {"a": [1.0, 2.0], "b": {"c": 10.0, "d": "x"}}
     assert compare_numbers({"a": [1.01, 2.0], "b": {"c": 10.2, "d": "x"}}, ref) == []

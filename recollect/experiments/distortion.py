@@ -636,9 +636,17 @@ def _run_baselines(job) -> dict:
 
 
 def _baseline_loops(cfg: BaselineConfig) -> list:
-    b = int(math.log2(max(cfg.n_train - 1, 2)))
+    """The k-means iterations (``kmeans_iters`` for each codebook ``K = 2**b < N``; an upper bound, a
+    fit stops when no assignment changes) and the codecs' evaluations. The probe's counted k-means
+    step assigns 1,024 images to a codebook of 2 (:meth:`BaselineConfig.probe`, its first codebook);
+    an iteration's arithmetic grows with images x codebook (the distances, ``2 N K D`` FLOPs), so the
+    real loop's ``work`` is ``N x mean K`` over that. A codec's evaluation grows with the images."""
+    bits = range(1, max(1, (cfg.n_train - 1).bit_length()))  # every b with 2**b < n_train
+    probe = BaselineConfig().probe()
+    mean_k = sum(2 ** b for b in bits) / max(1, len(bits))
     codecs_ = sum(len(v) for g in cfg.grid().values() for v in g.values())
-    return [Loop("kmeans", b * cfg.kmeans_iters), Loop("codecs", codecs_)]
+    return [Loop("kmeans", len(bits) * cfg.kmeans_iters, work=cfg.n_train * mean_k / (probe.n_train * 2)),
+            Loop("codecs", codecs_ + len(bits), work=cfg.n_train / probe.n_train)]
 
 
 def jpeg(ctx) -> pd.DataFrame | Missing:

@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import importlib
 import json
+import math
 import os
 import pathlib
 import re
@@ -90,6 +91,15 @@ class Loop:
       machinery from the second task on, one memory gradient per earlier task); the probe runs three
       tasks, so ``lifelong-later`` (task 2 onwards) costs ``c2 + (mean t - 2) (c2 - c1)``.
 
+    A third says when the probe's step is smaller than the real one:
+
+    * ``work``: the real step's arithmetic as a multiple of the probe's counted step's (1: the same).
+      The probe runs an item at its probe config, which may shrink what a step works on (the classical
+      codecs' k-means: 1,024 images and a codebook of 2 in the probe's counted step, 50,000 images
+      and codebooks up to 2^15 in the real run, whose arithmetic grows with images x codebook). A
+      step then costs at least ``work`` times the probe step's arithmetic at the device's rate; its
+      launches stay the probe's.
+
     See :func:`step_cost`."""
     name: str
     steps: int
@@ -97,15 +107,30 @@ class Loop:
     like: str | None = None
     grows_from: str | None = None
     growth: float = 0.0
+    work: float = 1.0
+
+    def __post_init__(self):
+        if not (isinstance(self.work, (int, float)) and math.isfinite(self.work) and self.work > 0):
+            raise ValueError(f"loop {self.name!r}: work must be a finite number > 0 (the real step's "
+                             f"arithmetic over the probe's), got {self.work!r}")
 
 
-def step_cost(loop: Loop, cost: Callable[[str], float]) -> float:
+def step_cost(loop: Loop, cost: Callable[[str], float], arithmetic: Callable[[str], float] | None = None) -> float:
     """Seconds per step of ``loop`` given ``cost(name)``, the probe's seconds per step of a loop name
     (measured or counted), taken from its ``like`` loop and extrapolated along the stream for a
-    growing loop (:class:`Loop`; a difference below zero, noise, counts as no growth)."""
+    growing loop (:class:`Loop`; a difference below zero, noise, counts as no growth).
+
+    A loop whose ``work`` is not 1 costs at least ``work x arithmetic(name)``, ``arithmetic`` giving
+    the seconds of the probe step's FLOPs at the device's rate; without ``arithmetic`` such a loop
+    has no estimate (``ValueError``: its probe step alone would understate it)."""
     c = cost(loop.like or loop.name)
     if loop.grows_from is not None and loop.growth:
         c += loop.growth * max(0.0, c - cost(loop.grows_from))
+    if loop.work != 1:
+        if arithmetic is None:
+            raise ValueError(f"loop {loop.name!r} does {loop.work:.3g} times its probe step's arithmetic: "
+                             f"its cost needs the counted FLOPs and a FLOP rate (`python -m recollect plan --count`)")
+        c = max(c, loop.work * arithmetic(loop.like or loop.name))
     return c
 
 
