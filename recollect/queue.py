@@ -212,7 +212,8 @@ def estimate_seconds(item: I.Item, rates: dict | None = None, counts: dict | Non
 
 def cpu_seconds(item: I.Item, counts: dict | None = None) -> float | None:
     """Seconds ``item`` would take at the paper profile on the CPU that counted it (``plan --count``
-    times each loop's probe steps as it counts them): steps x measured seconds per step, and for a
+    times each loop's probe steps as it counts them): steps x measured seconds per step (a growing
+    loop extrapolated in its counted FLOPs, :func:`recollect.experiments.items.step_cost`), and for a
     loop whose real step does more arithmetic than its probe step (``Loop.work``) at least its FLOPs
     at that CPU's measured matrix-multiply rate (``flop_rate``, recorded by the count). None when not
     counted at this config (or counted before the rate was recorded). An estimate for a machine like
@@ -227,7 +228,8 @@ def cpu_seconds(item: I.Item, counts: dict | None = None) -> float | None:
     arith = _arithmetic(c, c.get("flop_rate"))
     if arith is None and any(l.work != 1 for l in loops):
         return None
-    return sum(l.steps * I.step_cost(l, lambda n: c["loops"][n]["seconds_per_step"], arith) for l in loops)
+    return sum(l.steps * I.step_cost(l, lambda n: c["loops"][n]["seconds_per_step"], arith,
+                                     flops=lambda n: c["loops"][n].get("flops_per_step") or 0.0) for l in loops)
 
 
 def matmul_flop_rate(n: int = 1024, repeats: int = 5) -> float:

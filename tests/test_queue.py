@@ -216,6 +216,30 @@ def test_a_growing_loop_is_extrapolated_from_the_probe_s_tasks():
     assert cpu_seconds(f, counts_of(f, per)) == pytest.approx(want)
 
 
+def test_a_growing_loop_on_the_cpu_is_extrapolated_in_its_counted_flops():
+    """Where the probe counted FLOPs, the CPU estimate of a growing loop follows them (exact) instead
+    of the difference of two timed tasks (a few steps each: noise); each loop keeps its own measured
+    seconds per FLOP. A smaller later count (noise cannot make one, but a stale count could) never
+    shrinks the step."""
+    from recollect.queue import cpu_seconds
+
+    it = I.get_item("lifelong-cifar100/coarse-gem-s0")
+    loops = {l.name: l for l in it.loops(it.cfg("paper"))}
+    later = loops["lifelong-later"]
+    per = {"lifelong": (0.1, 3e9), "lifelong-2nd": (0.3, 6e9), "lifelong-later": (0.31, 9e9), "eval": (0.01, 1e9)}
+    counts = {it.key: {"probe_config": R.config_hash(I._as_dict(it.cfg("probe"))),
+                       "loops": {n: {"seconds_per_step": v, "flops_per_step": f, "launches_per_step": 1.0}
+                                 for n, (v, f) in per.items()}}}
+    want = (loops["lifelong"].steps * 0.1 + loops["lifelong-2nd"].steps * 0.3
+            + later.steps * 0.31 * (9e9 + later.growth * 3e9) / 9e9 + loops["eval"].steps * 0.01)
+    assert cpu_seconds(it, counts) == pytest.approx(want)
+    # the timed difference alone (0.01 s per task) would have costed the later tasks at a fraction
+    timed = later.steps * (0.31 + later.growth * 0.01)
+    assert later.steps * 0.31 * (1 + later.growth / 3) > 2 * timed
+    counts[it.key]["loops"]["lifelong-later"]["flops_per_step"] = 5e9
+    assert I.step_cost(later, lambda n: per[n][0], flops=lambda n: per[n][1] if n != "lifelong-later" else 5e9) == 0.31
+
+
 def test_a_loop_larger_than_its_probe_step_is_costed_by_its_arithmetic():
     """The classical codecs' k-means: the probe's counted step assigns 1,024 images to a codebook of 2;
     a real iteration assigns 50,000 images to codebooks up to 2^15. Its loop's ``work`` makes the
