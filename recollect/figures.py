@@ -157,13 +157,14 @@ def distortion_baselines(t5, jpeg, base, ax=None):
     if len(km):
         edge = km["compression"].min()
         ax.axvline(edge, color="C4", lw=0.8, ls="--")
-        ax.annotate("k-means stops here\n(K must stay below N)", (edge, ax.get_ylim()[1]), fontsize=7, color="C4",
-                    ha="right", va="top", xytext=(-3, -3), textcoords="offset points")
+        ax.annotate("k-means stops here\n(K must stay below N)", (edge, ax.get_ylim()[0]), fontsize=7, color="C4",
+                    ha="left", va="bottom", xytext=(4, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("compression (raw 6,272 bits / stored bits)")
     ax.set_ylabel("distortion (mean |x - x_hat|, pixels / 255)")
     ax.set_title("Where the discrete VAE stands among classical codecs (bits per image)")
-    ax.legend(fontsize=7, ncol=2)
+    # below the axes: inside, it would cover the low-compression ends of the curves
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     ax.grid(alpha=0.3, which="both")
     return fig
 
