@@ -9,6 +9,7 @@ import torch
 
 from recollect import accounting, claims, paper
 from recollect.experiments import distortion as ex
+from recollect.experiments import items as I
 from recollect.models import CategoricalVAE
 
 torch.set_num_threads(1)
@@ -251,6 +252,13 @@ def test_matched_bits_gives_each_baseline_at_most_the_vae_bits():
     assert m.loc[20, "PCA, 8-bit coefficients"] == 0.25  # k=2 (16 bits), not k=3 (24 bits)
     assert m.loc[6, "k-means codebook"] == 0.15
     assert math.isnan(m.loc[20, "k-means codebook"])  # 2^20 centroids: k-means stops before
+    summ = ex.matched_bits_summary(ex.matched_bits(t5, base)).set_index("baseline")
+    assert summ.loc["PCA, 8-bit coefficients", "rows compared"] == 1  # only the 20-bit row has a setting
+    assert summ.loc["PCA, 8-bit coefficients", "VAE lower"] == 1 and summ.loc["PCA, 8-bit coefficients", "baseline lower"] == 0
+    assert summ.loc["PCA, 8-bit coefficients", "median ratio baseline / VAE"] == pytest.approx(0.25 / 0.1)
+    assert summ.loc["k-means codebook", "baseline lower"] == 1  # 0.15 against the (6, 2) VAE's 0.2
+    assert summ.loc["k-means codebook", "baseline lower at (c, l)"] == "(6, 2)"
+    assert isinstance(ex.matched_bits_summary(I.Missing(["distortion/baselines"])), I.Missing)
 
 
 def test_claims_follow_the_numbers():

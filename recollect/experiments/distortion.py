@@ -685,6 +685,29 @@ def matched_bits(t5: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+#: the columns of :func:`matched_bits` that are not a codec's distortion
+_MATCHED_KEYS = ("c", "l", "bits", "compression", "categorical VAE")
+
+
+@needs_results
+def matched_bits_summary(mb: pd.DataFrame) -> pd.DataFrame:
+    """:func:`matched_bits` read per baseline: in how many Table 5 rows it has a setting at matched bits
+    (``rows compared``), in how many the VAE's distortion is lower and in which the baseline's is,
+    and the median ratio of the baseline's distortion to the VAE's over the compared rows (above 1:
+    the VAE reconstructs better at the same bits per image)."""
+    out = []
+    for method in [m for m in mb.columns if m not in _MATCHED_KEYS]:
+        sel = mb[mb[method].notna()]
+        lower = sel[sel[method] < sel["categorical VAE"]]
+        out.append({"baseline": method, "rows compared": len(sel),
+                    "VAE lower": int((sel["categorical VAE"] < sel[method]).sum()),
+                    "baseline lower": len(lower),
+                    "baseline lower at (c, l)": ", ".join(f"({int(r.c)}, {int(r.l)})" for r in lower.itertuples()) or "-",
+                    "median ratio baseline / VAE": float((sel[method] / sel["categorical VAE"]).median())
+                    if len(sel) else np.nan})
+    return pd.DataFrame(out)
+
+
 @needs_results
 def kmeans_table(base: pd.DataFrame) -> pd.DataFrame:
     """The k-means rows of :func:`baselines`, with the size of each codebook."""
