@@ -50,7 +50,8 @@ def fmt_mean_sd(mean: float, sd: float, digits: int = 2) -> str:
 def compare(rows: list[dict], band: float, digits: int = 2, no_verdict: dict | None = None) -> pd.DataFrame:
     """Rows of ``{<label columns>..., "paper": p, "ours": mean, "sd": spread, "runs": n}`` -> table.
 
-    ``no_verdict`` maps a tuple of the label values to the reason a cell gets no verdict.
+    ``no_verdict`` maps a tuple of the label values to the reason a cell gets no verdict. A row of one
+    run has no spread to show: its ``± sd`` is empty (shown as a dash), not 0.
     """
     no_verdict = no_verdict or {}
     out = []
@@ -62,7 +63,8 @@ def compare(rows: list[dict], band: float, digits: int = 2, no_verdict: dict | N
         rec["paper"] = np.nan if paper is None else round(float(paper), digits + 2)
         rec["ours"] = round(float(ours), digits + 2)
         if "sd" in r:
-            rec["± sd"] = round(float(r["sd"]), digits + 2)
+            one = "runs" in r and int(r["runs"]) == 1
+            rec["± sd"] = np.nan if one else round(float(r["sd"]), digits + 2)
         if "runs" in r:
             rec["runs"] = int(r["runs"])
         rec["diff"] = np.nan if paper is None else round(float(ours) - float(paper), digits + 2)

@@ -82,6 +82,10 @@ def test_numbers_at_the_digits_asked():
     assert report.table(pd.DataFrame({"diff": [-0.001, 0.0]}), digits=2).data["diff"].tolist() == ["0.00", "0.00"]
     with pytest.raises(ValueError, match="columns the table does not have"):
         report.table(compared(), digits={"papr": 1})
+    # one run: no spread to show (a dash, not 0)
+    one = report.compare([dict(c=6, l=2, paper=0.14, ours=0.12, sd=0.0, runs=1),
+                          dict(c=8, l=2, paper=0.10, ours=0.11, sd=0.0, runs=2)], band=0.01)
+    assert report.table(one, digits=2).data["± sd"].tolist() == ["–", "0.00"]
 
 
 def test_verdict_cells_are_coloured():
