@@ -102,7 +102,8 @@ def print_plan(chapters=None, all_rows: bool = True) -> pd.DataFrame:
         print("  GPU items made on a CPU so far, minutes taken against this estimate: " + ", ".join(
             f"{c} {r.min():.1f}x" + (f" to {r.max():.1f}x" if len(r) > 1 else "")
             for c, r in ratio.groupby(made.chapter, sort=False))
-            + " (a GEM or iCaRL estimate extrapolates its growing step from a probe of three tasks)")
+            + " (the estimate is for the counting CPU's threads, idle; a GEM or iCaRL step is extrapolated from a "
+            "probe of three tasks)")
     print("\nestimates: measured per-step rates of a GPU preflight where recorded, else counted per step on a CPU "
           "probe at the paper's shapes:")
     print("  eager step  = max(launches x EAGER_OP_S, FLOPs / FLOP_RATE)   (host-bound)")

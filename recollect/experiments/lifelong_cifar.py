@@ -643,7 +643,7 @@ def pretrain_table(pre: dict) -> pd.DataFrame:
         for when in ("before", "after"):
             v = np.array(pre["distortion"][when][data_name])
             out.append({"images": data_name, "autoencoder": "random init" if when == "before" else "pretrained",
-                        "distortion": float(v.mean()), "± sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0})
+                        "distortion": float(v.mean()), "± sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan")})
     return pd.DataFrame(out)
 
 
@@ -795,7 +795,7 @@ def online_table(df: pd.DataFrame) -> pd.DataFrame:
     out = []
     for split, g in df[df.key == "online"].groupby("split", sort=False):
         out.append({"split": split, "ours (Adam 1e-3, 1 example per step)": float(g.ACC_task.mean()),
-                    "± sd": float(g.ACC_task.std(ddof=1)) if len(g) > 1 else 0.0,
+                    "± sd": float(g.ACC_task.std(ddof=1)) if len(g) > 1 else float("nan"),  # one run: no spread
                     "probe: SGD 0.1, batch 10": PROBE_ONLINE.get((split, 0.1)),
                     "probe: SGD 1.0, batch 10": PROBE_ONLINE.get((split, 1.0)),
                     "paper (Table 3)": paper.TABLE3[("online", 0)]})
